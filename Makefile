@@ -1,0 +1,75 @@
+# aurora_nb: the commands a newcomer needs are `make demo` and `make test` (see README.md).
+# Everything runs inside the project virtual environment .venv/, created on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.aurora-installed
+PYTEST_WORKERS ?= 2
+
+# Tests and notebooks never touch the network; kernels inherit these.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export TRL_EXPERIMENTAL_SILENCE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: help install demo test docs export check-export check-readme readme nbdev-test pytest refresh clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+# Idempotent install: reruns only when the packaging files change (a second run takes well under a second).
+install: $(STAMP)  ## create .venv and install aurora_nb with its pinned dev tools
+$(STAMP): settings.ini setup.py pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+	@echo "installed aurora_nb into $(VENV)/"
+
+demo: install  ## run the whole pipeline on the bundled synthetic benchmark (tiny preset)
+	$(BIN)/aurora-nb run --preset tiny
+
+export: install  ## write aurora_nb/ from the notebooks
+	$(BIN)/nbdev_export
+
+check-export: install  ## fail if aurora_nb/ differs from what the notebooks export
+	@rm -rf .export-snapshot && cp -r aurora_nb .export-snapshot
+	@$(BIN)/nbdev_export
+	@if diff -r -q -x __pycache__ .export-snapshot aurora_nb; then rm -rf .export-snapshot; \
+	  echo "check-export: aurora_nb/ matches the notebooks"; \
+	else rm -rf .export-snapshot; \
+	  echo "check-export: aurora_nb/ was stale; nbdev_export has now rewritten it from nbs/. Review and commit it."; exit 1; fi
+
+readme: install  ## regenerate README.md from nbs/index.ipynb
+	$(BIN)/python tools/make_readme.py
+
+check-readme: install  ## fail if README.md differs from nbs/index.ipynb
+	$(BIN)/python tools/make_readme.py --check
+
+nbdev-test: install  ## run every notebook cell as a test (execnb)
+	$(BIN)/nbdev_test --do_print
+
+docs: install  ## build the documentation site into _docs/ (offline, no Quarto needed)
+	@rm -rf _proc _docs
+	$(BIN)/python -c "import nbdev.quarto as q; q._ensure_quarto = lambda: None; q.nbdev_proc_nbs.__wrapped__()"
+	$(BIN)/smalldocs render _proc
+	@mv _proc/_docs _docs
+	$(BIN)/python tools/check_docs.py _docs
+
+# nbval compares every stored notebook output; tests/ holds the end-to-end and parity tests.
+# pytest exits 5 when it collects nothing: that is not a failure, every other non-zero code is.
+pytest: install  ## nbval over nbs/ plus tests/
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with nbval.cfg nbs tests; \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test: check-export check-readme nbdev-test docs pytest  ## every check CI runs
+
+refresh: install  ## re-execute notebooks with the Jupyter kernel and strip metadata (NB=nbs/01_data.ipynb for one)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace $(or $(NB),nbs/*.ipynb)
+	$(BIN)/nbstripout --keep-output --keep-count --keep-id $(or $(NB),nbs/*.ipynb)
+
+clean:  ## remove build outputs (keeps .venv/)
+	rm -rf _proc _docs .export-snapshot .pytest_cache build dist *.egg-info

@@ -220,8 +220,8 @@ def config_from_dict(cls, d: dict, prefix: str = ""):
     if unknown:
         k = unknown[0]
         close = difflib.get_close_matches(str(k), list(types_), n=3)
-        hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
-        raise ConfigError(f"unknown key {prefix}{k!r} in {cls.__name__}{hint} (valid keys: {', '.join(types_)})")
+        hint = f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown key {prefix + str(k)!r} in {cls.__name__}{hint} (valid keys: {', '.join(types_)})")
     return cls(**{k: _coerce(v, types_[k], prefix + k) for k, v in d.items()})
 
 def config_to_dict(cfg) -> dict:
@@ -249,7 +249,7 @@ def apply_overrides(cfg: AuroraConfig, overrides=()) -> AuroraConfig:
             where = ".".join(path[:i + 1])
             if types_ is not None and k not in types_:
                 close = difflib.get_close_matches(k, list(types_), n=3)
-                hint = f"; did you mean {' or '.join('.'.join(path[:i] + [c]) for c in close)}?" if close else ""
+                hint = f"; did you mean {' or '.join(repr('.'.join(path[:i] + [c])) for c in close)}?" if close else ""
                 raise ConfigError(f"unknown key {where!r}{hint} (valid keys here: {', '.join(types_)})")
             if i == len(path) - 1: node[k] = value
             else:

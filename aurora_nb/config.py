@@ -55,8 +55,8 @@ class ModelConfig:
     segmenter: str = "facebook/sam-vit-huge"  # checkpoint id or folder of SAM
     from_scratch: bool = False  # build random models from `thinker_size` / `sam_size` instead of loading weights
     tokenizer: str = ""  # tokenizer folder; "" uses the thinker checkpoint's own
-    thinker_size: dict = field(default_factory=dict)  # config sizes used when `from_scratch` (hidden_size, layers, ...)
-    sam_size: dict = field(default_factory=dict)  # SAM config sizes used when `from_scratch`
+    thinker_size: dict = field(default_factory=dict)  # text-config sizes used when `from_scratch`, plus `vision_config` / `audio_config` sub-dicts
+    sam_size: dict = field(default_factory=dict)  # SAM vision-config sizes used when `from_scratch`, plus a `mask_decoder_config` sub-dict
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # weights and compute precision
     attn_implementation: str = "sdpa"  # attention kernel passed to `from_pretrained`
     seg_token: str = "[SEG]"  # the token whose hidden state prompts SAM
@@ -272,14 +272,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.from_scratch": True,
         "model.tokenizer": "data/tokenizer",
         "model.thinker_size": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                               "num_attention_heads": 4, "num_key_value_heads": 2},
-        "model.sam_size": {"hidden_size": 32, "num_hidden_layers": 2, "patch_size": 8},
+                               "num_attention_heads": 4, "num_key_value_heads": 2,
+                               "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                                                 "window_size": 112, "fullatt_block_indexes": [1]},
+                               "audio_config": {"encoder_layers": 2, "encoder_attention_heads": 2,
+                                                "encoder_ffn_dim": 64, "d_model": 32}},
+        "model.sam_size": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
+                           "patch_size": 8, "window_size": 8, "global_attn_indexes": [1],
+                           "mask_decoder_config": {"mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32}},
         "model.dtype": "float32",
         "model.prompt_dim": 32,
         "model.sam_image_size": 128,
         "model.trainable": "all",
         "model.freeze_sam_encoder": False,
-        "model.cache_sam_embeddings": False,
         "model.max_length": 1024,
         **{f"stages.{s}.{k}": v for s in ("teacher", "sft", "reflect")
            for k, v in {"lr": 1e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1,

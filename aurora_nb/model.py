@@ -642,9 +642,9 @@ def save_pretrained(model: AuroraModel, out_dir: str | Path) -> Path:
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     save_config(model.config, out / CONFIG_FILE)
     model.processor.save_pretrained(str(out / PROCESSOR_DIR))
-    keep_all = model.config.model.from_scratch
-    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if keep_all or p.requires_grad}
-    if keep_all: state.update({n: b.detach().cpu().contiguous() for n, b in model.named_buffers()})
+    keep_all = model.config.model.from_scratch  # no checkpoint holds random base weights: save them all
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if keep_all or n in trained}
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "aurora_nb"})
     return out
 

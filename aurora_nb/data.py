@@ -201,11 +201,14 @@ def collate_clips(batch: list[dict]) -> list[dict]:
 # %% ../nbs/01_data.ipynb #d1overlay
 def overlay_mask(frame: np.ndarray,  # uint8 [H, W, 3]
                  mask: np.ndarray,  # [H, W], nonzero = object
-                 color=(0, 255, 0), alpha: float = 0.5) -> np.ndarray:
-    "The frame with the mask blended in `color` (uint8 [H, W, 3])."
-    out = frame.astype(np.float32).copy()
+                 color=(0, 255, 0), dim: float = 0.4) -> np.ndarray:
+    "The frame with everything outside the mask dimmed and the mask's boundary drawn in `color` (uint8 [H, W, 3])."
     m = mask.astype(bool)
-    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
+    inner = m.copy()  # erode by one pixel: the boundary is m minus its interior
+    inner[1:] &= m[:-1]; inner[:-1] &= m[1:]; inner[:, 1:] &= m[:, :-1]; inner[:, :-1] &= m[:, 1:]
+    out = frame.astype(np.float32)
+    out[~m] *= dim
+    out[m & ~inner] = color
     return out.astype(np.uint8)
 
 def show_clip(item: dict, n: int = 10, ax_w: float = 1.3):

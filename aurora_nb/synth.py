@@ -395,17 +395,20 @@ def make_synthetic_refavs(root: str | Path,  # output folder (created; must be e
             for o in objs: _write_masks(root, folder, o["fid"], masks[o["fid"]])
             ann["clips"][folder] = dict(vid=u["vid"], split=u["split"], is_null=False, null_kind=None, source_vid=None, size=[size, size], objects=objs, heard=[o["category"] for o in objs if o["sounding"]])
             preds = clip_predicates(objs, size)
+            loud = clip_predicates([dict(o, sounding=[[0, frames_n]]) for o in objs], size)  # as if every object sounded all the time
             rows = []
             for o in objs:
-                ex = expressions_for(preds, o["fid"])
+                ex, ex_loud = expressions_for(preds, o["fid"]), expressions_for(loud, o["fid"])
+                need = {c: [e for e in ex[c] if e not in ex_loud[c]] for c in ex}  # resolvable only by listening
                 cues = [c for c in CUE_TYPES[:5] if ex[c]]
-                w = np.array([{"audio": 3, "visual": 2, "temporal": 2, "spatial": 2, "mixed": 3}[c] for c in cues], float)
+                w = np.array([{"audio": 3, "visual": 2, "temporal": 2, "spatial": 2, "mixed": 3}[c] * (1 if need[c] or c in ("visual", "spatial") else 0.3) for c in cues], float)
                 order = crng.choice(len(cues), len(cues), replace=False, p=w / w.sum()).tolist()
                 n_rows = expressions_per_object + (1 if dup_left > 0 and u["split"] == "test_u" and len(order) > expressions_per_object else 0)
                 for j, ci in enumerate(order[:n_rows]):
                     k = min(j + 1, expressions_per_object)  # the extra row reuses the last uid: a duplicate, as in the real CSV
+                    e = str(crng.choice(need[cues[ci]] or ex[cues[ci]]))  # prefer wording that needs the audio track
                     rows.append(dict(uid=f"{folder}_{o['category']}_{k}", fid=o["fid"], category=o["category"], cue=cues[ci], target=o["fid"],
-                                     expression=str(crng.choice(ex[cues[ci]]))))
+                                     expression=e, audio_required=e in need[cues[ci]]))
                 if n_rows > expressions_per_object: dup_left -= 1
             for r in rows: ann["rows"].append(dict(vid=u["vid"], split=u["split"], folder=folder, **r))
         else:
@@ -428,7 +431,7 @@ def make_synthetic_refavs(root: str | Path,  # output folder (created; must be e
             exprs = null_expressions(objs, heard)
             n = int(crng.integers(2, 5)) if u["split"] == "test_n" else int(crng.integers(1, 3))
             for k, e in enumerate(crng.choice(exprs, min(n, len(exprs)), replace=False).tolist(), 1):
-                ann["rows"].append(dict(vid=src["vid"], split=u["split"], folder=folder, uid=f"{folder}_null_{k}", fid=0, category="null", cue="null", target=None, expression=e))
+                ann["rows"].append(dict(vid=src["vid"], split=u["split"], folder=folder, uid=f"{folder}_null_{k}", fid=0, category="null", cue="null", target=None, expression=e, audio_required=None))
     for i, r in enumerate(ann["rows"]): r["row"] = i
     with open(root / "metadata.csv", "w", newline="") as f:
         f.write(",".join(CSV_COLUMNS) + "\n")

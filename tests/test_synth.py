@@ -74,6 +74,9 @@ def test_annotations_consistent(bench):
         assert objs[r["target"]]["category"] == r["category"] and r["fid"] == r["target"]
         # the expression refers to exactly its target under its recorded cue type
         assert r["expression"] in expressions_for(clip_predicates(objs, clip["size"][0]), r["target"])[r["cue"]]
+        loud = [dict(o, sounding=[[0, 10]]) for o in objs]  # every object always sounding: what the frames alone tell
+        assert r["audio_required"] == (r["expression"] not in expressions_for(clip_predicates(loud, clip["size"][0]), r["target"])[r["cue"]])
+        if r["cue"] in ("visual", "spatial"): assert not r["audio_required"]
         m = np.stack([np.asarray(Image.open(bench / "gt_mask" / r["folder"] / f"fid_{r['fid']}" / f"{t:05d}.png")) for t in range(10)])
         for t, box in enumerate(objs[r["target"]]["boxes"]):  # boxes are the masks' bounding boxes
             ys, xs = np.nonzero(m[t])

@@ -17,12 +17,12 @@ from typing import Any, Iterable, Sequence
 __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SYSTEM_PROMPT', 'USER_PROMPT',
            'TEACHER_ANSWER', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE',
            'PROCESSOR_DIR', 'build_messages', 'teacher_answer', 'repo_path', 'tokenizer_corpus', 'train_tiny_tokenizer',
-           'build_tokenizer', 'build_processor', 'videos_kwargs', 'llm_frame_indices', 'sam_resized_hw',
-           'sam_preprocess', 'masks_to_original', 'adapt_sam_image_size', 'seg_hidden_states', 'SegProjector',
-           'decode_masks', 'AuroraOutput', 'AuroraModel', 'thinker_config', 'build_thinker', 'sam_config',
-           'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable', 'apply_trainable_policy',
-           'component_of', 'trainable_table', 'print_trainable', 'weights_fingerprint', 'frame_key',
-           'SamEmbeddingCache', 'enable_embedding_cache', 'prepare_batch', 'model_inputs', 'Prediction',
+           'make_tiny_tokenizer', 'build_tokenizer', 'build_processor', 'videos_kwargs', 'llm_frame_indices',
+           'sam_resized_hw', 'sam_preprocess', 'masks_to_original', 'adapt_sam_image_size', 'seg_hidden_states',
+           'SegProjector', 'decode_masks', 'AuroraOutput', 'AuroraModel', 'thinker_config', 'build_thinker',
+           'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
+           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'weights_fingerprint',
+           'frame_key', 'SamEmbeddingCache', 'enable_embedding_cache', 'prepare_batch', 'model_inputs', 'Prediction',
            'generate_answers', 'seg_states_from_generate', 'predict', 'save_pretrained', 'from_pretrained']
 
 # %% ../nbs/04_model.ipynb #m4imp2
@@ -126,6 +126,19 @@ def train_tiny_tokenizer(corpus: Iterable[str],  # training text
     if out_dir is not None: tok.save_pretrained(str(out_dir))
     return tok
 
+# %% ../nbs/04_model.ipynb #m4mktok
+def make_tiny_tokenizer(out_dir: str | Path | None = None,  # save here (the committed one is data/tokenizer)
+                        seed: int = 0,  # seed of the synthetic benchmark whose text is the corpus
+                        n_videos: int = 16,  # clips of that benchmark
+                        vocab_size: int = 512,
+                       ) -> Qwen2Tokenizer:
+    "The tiny preset's tokenizer, reproducibly: BPE on `tokenizer_corpus` of a freshly generated synthetic benchmark."
+    import tempfile
+    from aurora_nb.synth import make_synthetic_refavs
+    with tempfile.TemporaryDirectory() as d:
+        make_synthetic_refavs(Path(d) / "synth", n_videos=n_videos, seed=seed)
+        return train_tiny_tokenizer(tokenizer_corpus(Path(d) / "synth"), out_dir, vocab_size=vocab_size)
+
 # %% ../nbs/04_model.ipynb #m4btok
 def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinker) and model.seg_token
                    ) -> Qwen2Tokenizer:
@@ -136,7 +149,7 @@ def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinke
     path = repo_path(src)
     if m.tokenizer and not path.is_dir():
         raise FileNotFoundError(f"model.tokenizer={m.tokenizer!r}: no such folder (looked at {path.resolve()}); "
-                                "build it with aurora_nb.model.train_tiny_tokenizer(tokenizer_corpus(), out_dir)")
+                                f"build it with aurora_nb.model.make_tiny_tokenizer({m.tokenizer!r})")
     tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else src)
     if m.seg_token not in tok.get_vocab(): tok.add_tokens([m.seg_token], special_tokens=False)
     if not tok.chat_template: tok.chat_template = CHAT_TEMPLATE

@@ -204,13 +204,13 @@ def masks_to_original(low_res: torch.Tensor,  # mask logits [..., h, w] from the
                       size: int,  # SAM input side the frames were padded to
                       original_hw: tuple[int, int],  # (H, W) of the original frames
                      ) -> torch.Tensor:
-    "Low-res logits -> bilinear to `size` -> crop the un-padded region -> bilinear to the original H×W."
+    "Low-res logits -> bilinear to `size` -> crop the un-padded region -> bilinear to the original H×W (float32)."
     lead = low_res.shape[:-2]
     x = low_res.reshape(-1, 1, *low_res.shape[-2:])
     x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
     h, w = sam_resized_hw(*original_hw, size)
     x = F.interpolate(x[..., :h, :w], size=tuple(original_hw), mode="bilinear", align_corners=False)
-    return x.reshape(*lead, *original_hw).to(low_res.dtype)  # [..., H, W]
+    return x.reshape(*lead, *original_hw)  # [..., H, W] float32 logits
 
 # %% ../nbs/04_model.ipynb #m4adc
 def adapt_sam_image_size(sam: SamModel,  # a loaded SAM, modified in place
@@ -546,6 +546,7 @@ def enable_embedding_cache(model: AuroraModel, cache_dir: str | Path | None = No
 def prepare_batch(model: AuroraModel,
                   items: Sequence[dict],  # RefAVSDataset items (or dicts of the same shape)
                   answers: Sequence[str] | None = None,  # assistant texts; None builds generation prompts
+                  check_length: bool = True,  # raise when a row exceeds model.max_length (never cut silently)
                  ) -> dict:
     "Processor tensors, labels, SAM inputs, `mask_size` and (when items have masks) `gt_masks` [B, T, H, W]."
     cfg, proc, tok = model.config, model.processor, model.tokenizer
@@ -557,6 +558,11 @@ def prepare_batch(model: AuroraModel,
     batch = dict(proc(text=texts, videos=[np.asarray(it["frames"])[idx] for it in items],
                       audio=[np.asarray(it["audio"], dtype=np.float32) for it in items],
                       videos_kwargs=videos_kwargs(cfg), padding=True, return_tensors="pt"))
+    lengths = batch["attention_mask"].sum(1)
+    if check_length and (lengths > cfg.model.max_length).any():
+        rows = [(i, int(n)) for i, n in enumerate(lengths) if n > cfg.model.max_length]
+        raise ValueError(f"rows {rows} (row, tokens) are longer than model.max_length={cfg.model.max_length}; "
+                         "shorten the answer, lower data.llm_frames / data.llm_max_pixels or raise model.max_length")
     if answers is not None:
         labels = torch.full_like(batch["input_ids"], -100)
         for b, a in enumerate(answers):

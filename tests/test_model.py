@@ -207,3 +207,29 @@ def test_adapt_sam_image_size_256_to_128():
         emb = sam.vision_encoder(pixel_values=torch.randn(2, 3, 128, 128)).last_hidden_state
         low = decode_masks(sam, torch.randn(1, 32), emb[None])
     assert emb.shape == (2, 32, 16, 16) and low.shape == (1, 2, 64, 64) and torch.isfinite(low).all()
+
+
+def test_items_from_the_committed_sample(tiny, repo_root):
+    from aurora_nb.data import RefAVSDataset
+    ds = RefAVSDataset(repo_root / "data" / "synth", "train")
+    items = [ds[0], ds[1]]
+    batch = prepare_batch(tiny, items, answers=[teacher_answer(it["category"]) for it in items])
+    with torch.no_grad():
+        out = tiny(**model_inputs(batch))
+    T, h, w = items[0]["masks"].shape
+    assert out.mask_logits.shape == (2, T, h, w) and batch["gt_masks"].shape == (2, T, h, w)
+    assert out.seg_found.all() and torch.isfinite(out.loss)
+
+
+def test_too_long_rows_are_reported_not_cut(tiny):
+    short = get_config("tiny", {"model.max_length": 64})
+    model = AuroraModel(tiny.thinker, tiny.projector, tiny.sam, tiny.tokenizer, tiny.processor, short)
+    with pytest.raises(ValueError, match=r"longer than model.max_length=64"):
+        prepare_batch(model, ITEMS, answers=ANSWERS)
+
+
+def test_lora_disabled_trains_the_whole_language_model():
+    model = build_model(lora_cfg(**{"model.lora.enabled": False}))
+    t = trainable_table(model)
+    assert set(t.index[t.trainable > 0]) - {"total"} == {"LLM", "projector", "mask decoder"}
+    assert t.loc["vision", "trainable"] == 0 and t.loc["audio", "trainable"] == 0

@@ -152,6 +152,8 @@ def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinke
                                 f"build it with aurora_nb.model.make_tiny_tokenizer({m.tokenizer!r})")
     tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else src)
     if m.seg_token not in tok.get_vocab(): tok.add_tokens([m.seg_token], special_tokens=False)
+    missing = {k: v for k, v in MODALITY_TOKENS.items() if getattr(tok, k, None) is None}
+    if missing: tok._set_model_specific_special_tokens(special_tokens=missing)  # names the processor reads
     if not tok.chat_template: tok.chat_template = CHAT_TEMPLATE
     return tok
 

@@ -233,3 +233,32 @@ def test_lora_disabled_trains_the_whole_language_model():
     t = trainable_table(model)
     assert set(t.index[t.trainable > 0]) - {"total"} == {"LLM", "projector", "mask decoder"}
     assert t.loc["vision", "trainable"] == 0 and t.loc["audio", "trainable"] == 0
+
+
+def test_pretrained_path_offline(tmp_path):
+    "The `full` code path (from_pretrained, no embedding shrink, SAM re-sized, LoRA) on tiny checkpoints saved here."
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    from aurora_nb.model import thinker_config
+    tiny = get_config("tiny")
+    tok = build_tokenizer(tiny)
+    spare = get_config("tiny", {"model.thinker_size": {**tiny.model.thinker_size, "vocab_size": len(tok) + 8}})
+    Qwen2_5OmniThinkerForConditionalGeneration(thinker_config(spare.model, tok)).save_pretrained(tmp_path / "thinker")
+    tok.save_pretrained(tmp_path / "thinker")
+    SamModel(sam_config(get_config("tiny", {"model.sam_image_size": 256}).model)).save_pretrained(tmp_path / "sam")
+    cfg = get_config("tiny", {"model.from_scratch": False, "model.thinker": str(tmp_path / "thinker"),
+                              "model.segmenter": str(tmp_path / "sam"), "model.tokenizer": "",
+                              "model.trainable": "lora", "model.freeze_sam_encoder": True})
+    model = build_model(cfg)
+    assert model.thinker.get_input_embeddings().weight.shape[0] == len(tok) + 8  # not shrunk to len(tok)
+    assert model.sam.vision_encoder.pos_embed.shape[1:3] == (16, 16)  # 256 px checkpoint adapted to 128 px
+    assert trainable_table(model).loc["LoRA", "trainable"] > 0
+    with torch.no_grad():
+        out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS)))
+    assert out.mask_logits.shape == (2, 10, H, W) and torch.isfinite(out.mask_logits).all()
+    model.save_pretrained(tmp_path / "run")  # only what the checkpoints do not hold
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert saved and all(component_of(n) in {"LoRA", "token rows", "projector", "mask decoder"} for n in saved)
+    back = from_pretrained(tmp_path / "run")
+    for (n, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -8,10 +8,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 # %% auto #0
 __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SYSTEM_PROMPT', 'USER_PROMPT',
@@ -21,9 +20,10 @@ __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLAT
            'sam_resized_hw', 'sam_preprocess', 'masks_to_original', 'adapt_sam_image_size', 'seg_hidden_states',
            'SegProjector', 'decode_masks', 'AuroraOutput', 'AuroraModel', 'thinker_config', 'build_thinker',
            'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
-           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'weights_fingerprint',
-           'frame_key', 'SamEmbeddingCache', 'enable_embedding_cache', 'prepare_batch', 'model_inputs', 'Prediction',
-           'generate_answers', 'seg_states_from_generate', 'predict', 'save_pretrained', 'from_pretrained']
+           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'lora_modules',
+           'weights_fingerprint', 'frame_key', 'SamEmbeddingCache', 'enable_embedding_cache', 'prepare_batch',
+           'model_inputs', 'Prediction', 'generate_answers', 'seg_states_from_generate', 'predict', 'save_pretrained',
+           'from_pretrained']
 
 # %% ../nbs/04_model.ipynb #m4imp2
 import numpy as np
@@ -31,14 +31,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import (AutoTokenizer, LogitsProcessor, LogitsProcessorList, Qwen2Tokenizer,
-                          Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen2_5OmniProcessor,
-                          Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration, SamConfig, SamModel,
-                          WhisperFeatureExtractor)
+from transformers import (AutoTokenizer, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
+                          Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
+                          SamConfig, SamModel, WhisperFeatureExtractor)
 from transformers.utils import ModelOutput
 
 # %% ../nbs/04_model.ipynb #m4imp3
-from .config import AuroraConfig, ModelConfig, get_config, load_config, save_config
+from .config import AuroraConfig, ModelConfig, get_config, save_config
 
 # %% ../nbs/04_model.ipynb #m4tokc
 QWEN_OMNI_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -491,6 +490,10 @@ def trainable_table(model: nn.Module):
 def print_trainable(model: nn.Module) -> None:
     "Print `trainable_table(model)`."
     print(trainable_table(model).to_string())
+
+def lora_modules(model: nn.Module) -> list[str]:
+    "Names of the modules that carry LoRA adapters (print them at start-up, as the method asks)."
+    return [n for n, mod in model.named_modules() if hasattr(mod, "lora_A") and len(getattr(mod, "lora_A"))]
 
 # %% ../nbs/04_model.ipynb #m4cachec
 def weights_fingerprint(module: nn.Module) -> str:

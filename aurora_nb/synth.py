@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import sys
@@ -21,12 +20,13 @@ __all__ = ['COLOURS', 'CATEGORIES', 'UNSEEN_CATEGORIES', 'SEEN_CATEGORIES', 'CUE
            'make_synthetic_refavs', 'read_annotations', 'row_objects', 'synthetic_corpus', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #s2imp2
+import librosa
 import numpy as np
 import soundfile as sf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import CSV_COLUMNS, SPLITS, read_metadata
+from .data import CSV_COLUMNS, SPLITS, read_metadata, whisper_log_mel
 
 # %% ../nbs/02_synth.ipynb #s2catcls
 @dataclass(frozen=True)
@@ -195,7 +195,6 @@ def show_sources(audio: np.ndarray,  # float32 [N] mono
                  sample_rate: int = 16000, ax=None):
     "Log-mel spectrogram with each object's sounding intervals drawn as bars underneath."
     import matplotlib.pyplot as plt
-    from aurora_nb.data import whisper_log_mel
     ax = ax or plt.subplots(figsize=(9, 2.6))[1]
     secs = len(audio) / sample_rate
     ax.imshow(whisper_log_mel(audio, sample_rate=sample_rate), origin="lower", aspect="auto", extent=(0, secs, 0, 128), cmap="magma")
@@ -300,9 +299,7 @@ def _write_media(root: Path, folder: str, frames: np.ndarray, audio: np.ndarray,
     "media/<folder>/frames/<t>.jpg and audio.wav (PCM `subtype` at out_rate with `channels` channels)."
     fdir = root / "media" / folder / "frames"; fdir.mkdir(parents=True, exist_ok=True)
     for t, f in enumerate(frames): Image.fromarray(f).save(fdir / f"{t}.jpg", quality=quality)
-    if out_rate != sample_rate:
-        import librosa
-        audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=out_rate)
+    if out_rate != sample_rate: audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=out_rate)
     a = np.stack([audio * (1.0 - 0.15 * c) for c in range(channels)], 1) if channels > 1 else audio
     sf.write(root / "media" / folder / "audio.wav", np.clip(a, -1, 1), out_rate, subtype=subtype, format="WAV")
 

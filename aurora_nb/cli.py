@@ -20,8 +20,8 @@ __all__ = ['SUBCOMMANDS', 'PIPELINE_STEPS', 'resolve_handler', 'add_config_args'
 
 # %% ../nbs/13a_cli.ipynb #cl0regc
 SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
-    "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", None),
-    "check-data": ("validate a Ref-AVS directory and list every problem", None),
+    "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_cli"),
+    "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_cli"),
     "cot": ("write CoT data with the oracle or a teacher model", None),
     "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", None),
     "eval": ("evaluate a checkpoint on Ref-AVS splits (J, F, S)", None),

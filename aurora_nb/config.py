@@ -138,7 +138,7 @@ class StagesConfig:
 @dataclass
 class EvalConfig:
     "How predictions are decoded and scored."
-    protocol: Literal["official", "per_expression"] = "official"  # see the metrics chapter for the differences
+    protocol: Literal["official", "per_expression", "aurora_code", "avsbench"] = "official"  # see the metrics chapter
     splits: list[str] = field(default_factory=lambda: ["test_s", "test_u", "test_n"])
     batch_rows: int = 4  # official grouping: consecutive batches of 4 expressions
     j_threshold: float = 0.4  # sigmoid > 0.4 for J (the AURORA code used 0.5)

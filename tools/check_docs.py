@@ -4,12 +4,19 @@ Usage: python tools/check_docs.py _docs
 Fails (exit 1) naming the page when a notebook has no page, a page has no prose, a notebook with code has no
 rendered code block, or a notebook with stored outputs shows none of them.
 """
+import html as html_lib
 import json
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plain(text: str, unescape: bool = False) -> str:
+    "Text with HTML entities decoded (page side) and quote / bracket characters removed, for loose matching."
+    if unescape: text = html_lib.unescape(text)
+    return re.sub(r"[<>&'\"\s]+", " ", text)
 
 
 def check_site(site: Path, nbs: Path = ROOT / "nbs") -> list[str]:
@@ -30,9 +37,9 @@ def check_site(site: Path, nbs: Path = ROOT / "nbs") -> list[str]:
             problems.append(f"{page}: {nb_path.name} has code cells but the page shows no code")
         outs = [o for c in visible for o in c.get("outputs", []) if o.get("output_type") in ("stream", "execute_result")]
         if outs:
-            sample = "".join(outs[0].get("text", "") or outs[0].get("data", {}).get("text/plain", "")).strip().split("\n")[0]
-            sample = re.sub(r"[<>&'\"]", "", sample)[:30].strip()
-            if sample and sample not in re.sub(r"<[^>]+>", "", html).replace("&#39;", "'").replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("'", "").replace('"', ""):
+            first = outs[0].get("text", "") or outs[0].get("data", {}).get("text/plain", "")
+            sample = _plain("".join(first).strip().split("\n")[0])[:30].strip()
+            if sample and sample not in _plain(re.sub(r"<[^>]+>", "", html), unescape=True):
                 problems.append(f"{page}: stored output {sample!r} of {nb_path.name} is not rendered")
     return problems
 

@@ -87,3 +87,20 @@ def test_ci_script_calls_the_readme_test_command():
 def test_install_is_idempotent():
     r = subprocess.run(["make", "-q", ".venv/.aurora-installed"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, "make install would run again although nothing changed"
+
+
+def test_docs_check_reports_an_output_missing_from_its_page(tmp_path):
+    import check_docs
+    nbs, site = tmp_path / "nbs", tmp_path / "site"
+    nbs.mkdir(); site.mkdir()
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# A chapter"]},
+                    {"cell_type": "code", "metadata": {}, "execution_count": 1, "source": ["print('x')"],
+                     "outputs": [{"output_type": "stream", "name": "stdout", "text": ["{'<|AUDIO|>': 512} stored\n"]}]}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (nbs / "00_a.ipynb").write_text(json.dumps(nb))
+    (site / "index.html").write_text("<html></html>")
+    page = "<h1>A chapter</h1><pre>print('x')</pre><pre>{&#39;&lt;|AUDIO|&gt;&#39;: 512} stored</pre>"
+    (site / "00_a.html").write_text(page)
+    assert check_docs.check_site(site, nbs) == []
+    (site / "00_a.html").write_text(page.replace("512", "999"))
+    assert any("is not rendered" in p for p in check_docs.check_site(site, nbs))

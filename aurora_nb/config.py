@@ -18,7 +18,7 @@ from typing import Any, Literal
 # %% auto #0
 __all__ = ['PRESETS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'ReflectStage', 'GRPOStage',
            'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'get_config', 'save_config', 'load_config', 'config_hash', 'config_diff']
+           'apply_overrides', 'get_config', 'resolve_path', 'save_config', 'load_config', 'config_hash', 'config_diff']
 
 # %% ../nbs/00_config.ipynb #c0imp2
 import yaml
@@ -308,6 +308,15 @@ def get_config(preset: str = "full", overrides=(), path: str | Path | None = Non
             raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         cfg = apply_overrides(AuroraConfig(name=preset, preset=preset), PRESETS[preset])
     return apply_overrides(cfg, overrides)
+
+# %% ../nbs/00_config.ipynb #c0pathc
+def resolve_path(path: str | Path) -> Path:
+    "What the config path `path` points at: as given if absolute or present here, else under the enclosing checkout."
+    p = Path(path)
+    if p.is_absolute() or p.exists(): return p
+    for d in [Path.cwd(), *Path.cwd().parents]:
+        if (d / "settings.ini").is_file(): return d / p
+    return p
 
 # %% ../nbs/00_config.ipynb #c0yamlc
 def save_config(cfg: AuroraConfig, path: str | Path) -> Path:

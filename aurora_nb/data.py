@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .config import resolve_path
+
 # %% ../nbs/01_data.ipynb #d1consts
 SPLITS = ("train", "val", "test_s", "test_u", "test_n")  # the five Ref-AVS splits (rows marked TODO belong to none)
 CSV_COLUMNS = ("vid", "uid", "split", "fid", "exp")  # header of metadata.csv, in order
@@ -186,8 +188,8 @@ class RefAVSDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, data_cfg, split: str | None = None, **kwargs):
-        "Build from a `DataConfig` (root, num_frames, sample_rate); `split` defaults to its train split."
-        return cls(data_cfg.root, split or data_cfg.train_split, num_frames=data_cfg.num_frames, sample_rate=data_cfg.sample_rate, **kwargs)
+        "Build from a `DataConfig` (root resolved with `resolve_path`, num_frames, sample_rate); `split` defaults to its train split."
+        return cls(resolve_path(data_cfg.root), split or data_cfg.train_split, num_frames=data_cfg.num_frames, sample_rate=data_cfg.sample_rate, **kwargs)
 
     def __len__(self) -> int: return len(self.samples)
     def __getitem__(self, i: int) -> dict[str, Any]:

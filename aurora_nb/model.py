@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 # %% auto #0
 __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SYSTEM_PROMPT', 'USER_PROMPT',
            'TEACHER_ANSWER', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE',
-           'PROCESSOR_DIR', 'build_messages', 'teacher_answer', 'repo_path', 'tokenizer_corpus', 'train_tiny_tokenizer',
+           'PROCESSOR_DIR', 'build_messages', 'teacher_answer', 'tokenizer_corpus', 'train_tiny_tokenizer',
            'make_tiny_tokenizer', 'build_tokenizer', 'build_processor', 'videos_kwargs', 'llm_frame_indices',
            'sam_resized_hw', 'sam_preprocess', 'masks_to_original', 'adapt_sam_image_size', 'seg_hidden_states',
            'SegProjector', 'decode_masks', 'AuroraOutput', 'AuroraModel', 'thinker_config', 'build_thinker',
@@ -37,7 +37,7 @@ from transformers import (AutoTokenizer, Qwen2Tokenizer, Qwen2VLImageProcessor, 
 from transformers.utils import ModelOutput
 
 # %% ../nbs/04_model.ipynb #m4imp3
-from .config import AuroraConfig, ModelConfig, get_config, save_config
+from .config import AuroraConfig, ModelConfig, get_config, resolve_path, save_config
 
 # %% ../nbs/04_model.ipynb #m4tokc
 QWEN_OMNI_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -79,15 +79,6 @@ def build_messages(expression: str,  # the referring expression (`exp` column)
 def teacher_answer(category: str) -> str:
     "The reasoning-free teacher's answer: `It is {category} [SEG].`"
     return TEACHER_ANSWER.format(category=category)
-
-# %% ../nbs/04_model.ipynb #m4pathc
-def repo_path(path: str | Path) -> Path:
-    "`path` if absolute or present from here, else relative to the repository root (the folder with settings.ini)."
-    p = Path(path)
-    if p.is_absolute() or p.exists(): return p
-    for d in [Path.cwd(), *Path.cwd().parents]:
-        if (d / "settings.ini").exists(): return d / p
-    return p
 
 # %% ../nbs/04_model.ipynb #m4corp
 def tokenizer_corpus(root: str | Path | None = None,  # synthetic Ref-AVS root; None skips the generated text
@@ -145,7 +136,7 @@ def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinke
     m = cfg.model
     src = m.tokenizer or m.thinker
     if not src: raise ValueError("model.tokenizer and model.thinker are both empty: name a tokenizer folder or checkpoint")
-    path = repo_path(src)
+    path = resolve_path(src)
     if m.tokenizer and not path.is_dir():
         raise FileNotFoundError(f"model.tokenizer={m.tokenizer!r}: no such folder (looked at {path.resolve()}); "
                                 f"build it with aurora_nb.model.make_tiny_tokenizer({m.tokenizer!r})")
@@ -375,7 +366,7 @@ def build_thinker(cfg: AuroraConfig, tokenizer) -> Qwen2_5OmniThinkerForConditio
             thinker_config(m, tokenizer), attn_implementation=m.attn_implementation, dtype=dtype)
     else:
         thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            str(repo_path(m.thinker)) if repo_path(m.thinker).exists() else m.thinker, dtype=dtype,
+            str(resolve_path(m.thinker)) if resolve_path(m.thinker).exists() else m.thinker, dtype=dtype,
             attn_implementation=m.attn_implementation)
     rows = thinker.get_input_embeddings().weight.shape[0]
     if rows < len(tokenizer): thinker.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # never shrink
@@ -403,7 +394,7 @@ def build_segmenter(cfg: AuroraConfig) -> SamModel:
         torch.manual_seed(cfg.seed + 1)
         sam = SamModel(sam_config(m)).to(dtype)
     else:
-        src = str(repo_path(m.segmenter)) if repo_path(m.segmenter).exists() else m.segmenter
+        src = str(resolve_path(m.segmenter)) if resolve_path(m.segmenter).exists() else m.segmenter
         sam = SamModel.from_pretrained(src, dtype=dtype)
     sam = adapt_sam_image_size(sam, m.sam_image_size)
     C = sam.config.prompt_encoder_config.hidden_size
@@ -544,7 +535,7 @@ def enable_embedding_cache(model: AuroraModel, cache_dir: str | Path | None = No
     if not m.cache_sam_embeddings or sam_encoder_trainable(model):
         model.embedding_cache = None
     else:
-        model.embedding_cache = SamEmbeddingCache(model, repo_path(cache_dir or m.cache_dir))
+        model.embedding_cache = SamEmbeddingCache(model, resolve_path(cache_dir or m.cache_dir))
     return model.embedding_cache
 
 # %% ../nbs/04_model.ipynb #m4batchc

@@ -49,11 +49,14 @@ def test_nbval_catches_a_changed_stored_output(tmp_path):
     cell = next(c for c in nb["cells"] if c.get("id") == "c0demo1")
     assert cell["outputs"], "the demo cell should have a stored output"
     cell["outputs"][0]["data"]["text/plain"] = ["(0.0001, 1e-05, 3, 8, 32)"]  # alpha changed from 16
-    nb_path = tmp_path / "00_config.ipynb"
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\n")  # a checkout-like folder, as the notebook expects
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    (tmp_path / "nbs").mkdir()
+    nb_path = tmp_path / "nbs" / "00_config.ipynb"
     nb_path.write_text(json.dumps(nb, indent=1))
     r = subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
                         "--nbval-sanitize-with", str(ROOT / "nbval.cfg"), str(nb_path)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                       capture_output=True, text=True, cwd=tmp_path / "nbs", timeout=300)
     assert r.returncode == 1 and "1 failed" in r.stdout, r.stdout[-2000:]
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import aurora_nb
-from .config import ConfigError, config_hash, get_config, save_config
+from .config import ConfigError, config_hash, get_config, resolve_path, save_config
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'PIPELINE_STEPS', 'resolve_handler', 'add_config_args', 'config_from_args', 'config_cli', 'run_cli',
@@ -86,7 +86,7 @@ def run_cli(argv: list[str]) -> int:
         handler = resolve_handler(sub)
         if handler is None:
             missing.append(step); print(f"  [not built yet] {step}"); continue
-        argv_step = [cfg.data.root] if sub == "check-data" else []
+        argv_step = [str(resolve_path(cfg.data.root))] if sub == "check-data" else []
         print(f"  [run] {step}: aurora-nb {sub} {' '.join(argv_step)}")
         rc = handler(argv_step)
         if rc != 0:

@@ -340,15 +340,16 @@ def config_hash(cfg: AuroraConfig) -> str:
     return hashlib.sha256(yaml.safe_dump(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/00_config.ipynb #c0diffc
+def _flat_values(cfg, prefix: str = "") -> dict[str, Any]:
+    "Every leaf value of the config `cfg` by dotted key (dict-valued fields such as `thinker_size` stay whole)."
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v): out.update(_flat_values(v, f"{prefix}{f.name}."))
+        else: out[prefix + f.name] = v
+    return out
+
 def config_diff(a: AuroraConfig, b: AuroraConfig) -> dict[str, tuple]:
     "Dotted keys whose values differ between `a` and `b`, with the pair of values."
-    def flat(d, pre=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and v and all(isinstance(x, (dict, int, float, str, bool, list, type(None))) for x in v.values()) \
-               and k not in ("thinker_size", "sam_size"):
-                out.update(flat(v, f"{pre}{k}."))
-            else: out[pre + k] = v
-        return out
-    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
-    return {k: (fa.get(k), fb.get(k)) for k in fa if fa.get(k) != fb.get(k)}
+    fa, fb = _flat_values(a), _flat_values(b)
+    return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,6 +39,7 @@ from transformers.utils import ModelOutput
 
 # %% ../nbs/04_model.ipynb #m4imp3
 from .config import AuroraConfig, ModelConfig, get_config, resolve_path, save_config
+from .synth import CATEGORIES, make_synthetic_refavs, synthetic_corpus
 
 # %% ../nbs/04_model.ipynb #m4tokc
 QWEN_OMNI_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -86,11 +88,8 @@ def tokenizer_corpus(root: str | Path | None = None,  # synthetic Ref-AVS root; 
     "Text the tiny BPE is trained on: prompts, teacher answers and the synthetic benchmark's own text."
     texts = [SYSTEM_PROMPT, USER_PROMPT.format(exp=""), "It is [SEG].", "The target is null. It is [SEG].",
              "Wait, let me reconsider"]
-    try:
-        from aurora_nb import synth
-        texts += [teacher_answer(c) for c in synth.CATEGORIES] + [f"The target is {c}." for c in synth.CATEGORIES]
-        if root is not None: texts += list(synth.synthetic_corpus(root))
-    except (ImportError, AttributeError): pass
+    texts += [teacher_answer(c) for c in CATEGORIES] + [f"The target is {c}." for c in CATEGORIES]
+    if root is not None: texts += list(synthetic_corpus(root))
     return texts
 
 def train_tiny_tokenizer(corpus: Iterable[str],  # training text
@@ -123,8 +122,6 @@ def make_tiny_tokenizer(out_dir: str | Path | None = None,  # save here (the com
                         vocab_size: int = 512,
                        ) -> Qwen2Tokenizer:
     "The tiny preset's tokenizer, reproducibly: BPE on `tokenizer_corpus` of a freshly generated synthetic benchmark."
-    import tempfile
-    from aurora_nb.synth import make_synthetic_refavs
     with tempfile.TemporaryDirectory() as d:
         make_synthetic_refavs(Path(d) / "synth", n_videos=n_videos, seed=seed)
         return train_tiny_tokenizer(tokenizer_corpus(Path(d) / "synth"), out_dir, vocab_size=vocab_size)

@@ -262,3 +262,14 @@ def test_pretrained_path_offline(tmp_path):
     back = from_pretrained(tmp_path / "run")
     for (n, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_committed_tokenizer_is_what_make_tiny_tokenizer_builds(tmp_path, repo_root):
+    "data/tokenizer must be reproducible: a change to the synthetic text or the prompts needs a rebuild."
+    import json
+    from aurora_nb.model import make_tiny_tokenizer
+    make_tiny_tokenizer(tmp_path)
+    built = json.loads((tmp_path / "tokenizer.json").read_text())
+    committed = json.loads((repo_root / "data" / "tokenizer" / "tokenizer.json").read_text())
+    assert built["model"] == committed["model"] and built["added_tokens"] == committed["added_tokens"], \
+        "data/tokenizer is stale: rebuild it with aurora_nb.model.make_tiny_tokenizer('data/tokenizer')"

@@ -22,29 +22,36 @@ import torch
 import torch.nn.functional as F
 
 # %% ../nbs/03_metrics.ipynb #m3gtas
-def _as_masks(gt,  # GT masks of one expression: [T, H, W] uint8 {0, 255} (or bool)
+def _as_masks(gt,  # GT masks of one expression: [T, H, W] bool or uint8 {0, 1}
               name: str = "gt_masks",  # what to call it in error messages
              ) -> np.ndarray:
-    "Check one expression's GT masks and return them as uint8 [T, H, W] with values as read from the PNGs."
+    "Check one expression's {0, 1} GT masks and return them as the 8-bit PNG values {0, 255}, uint8 [T, H, W]."
     g = gt.numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
-    if g.dtype == bool: g = g.astype(np.uint8) * 255
+    if g.dtype == bool: g = g.astype(np.uint8)
     if g.dtype != np.uint8 or g.ndim != 3:
-        raise ValueError(f"{name}: expected a uint8 array [T, H, W] with values {{0, 255}} as read from the PNGs, "
+        raise ValueError(f"{name}: expected a bool or uint8 array [T, H, W] with values {{0, 1}}, "
                          f"got dtype {g.dtype} and shape {tuple(g.shape)}")
-    if g.size and g.max() == 1:
-        raise ValueError(f"{name}: values look like {{0, 1}}; pass the PNG values {{0, 255}} (the official bilinear "
-                         "resize is done on 8-bit values, so {0, 1} masks would round differently)")
-    return np.ascontiguousarray(g)
+    if g.size and g.max() > 1:
+        raise ValueError(f"{name}: values up to {int(g.max())}; masks are {{0, 1}} everywhere in the Python API "
+                         "(the dataset yields them; for PNG values {0, 255} pass `png > 0`)")
+    return np.ascontiguousarray(g * np.uint8(255))  # the official resize works on the 8-bit PNG values
+
 
 # %% ../nbs/03_metrics.ipynb #m3gtfn
-def official_gt(gt,  # one expression's GT masks [T, H, W], uint8 {0, 255}
+def _resize_gt8(g: np.ndarray,  # uint8 [T, H, W] 8-bit mask values as read from the PNGs
                 size: int | None = 256,  # square evaluation size; None keeps the native resolution
                ) -> torch.Tensor:  # [T, size, size] bool
-    "GT masks as the official loader sees them: OpenCV 8-bit bilinear (INTER_LINEAR) resize to size×size, then > 0."
-    g = _as_masks(gt)
+    "The official GT chain on 8-bit values: OpenCV bilinear (INTER_LINEAR) resize to size×size, then > 0."
     if size is not None and g.shape[1:] != (size, size):
         g = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in g])
     return torch.from_numpy(g > 0)
+
+def official_gt(gt,  # one expression's GT masks [T, H, W], bool or uint8 {0, 1}
+                size: int | None = 256,  # square evaluation size; None keeps the native resolution
+               ) -> torch.Tensor:  # [T, size, size] bool
+    "GT masks as the official loader sees them: {0, 1} -> the PNG values {0, 255}, 8-bit bilinear resize, then > 0."
+    return _resize_gt8(_as_masks(gt), size)
+
 
 # %% ../nbs/03_metrics.ipynb #m3gtrd
 def read_gt_official(path,  # a GT mask PNG
@@ -219,52 +226,53 @@ class RefAVSEvaluator:
         self.protocol, self.null, self.n_rows, self.f_method = get_protocol(protocol, **overrides), null, n_rows, f_method
         if null and not self.protocol.null_ok:
             raise ValueError(f"protocol {self.protocol.name!r} defines no null metric S")
-        self.pending: dict[int, tuple] = {}  # row index -> (logits [T, H, W] float32, gt [T, H, W] bool | None)
-        self.done: set[int] = set()  # rows already scored
+        self.pending: dict[int, tuple] = {}  # split position -> (logits [T, H, W] float32, gt [T, H, W] bool | None)
+        self.done: set[int] = set()  # split positions already scored
         self.groups: list[dict] = []  # one record per scored group
-        self._next = 0  # the row index assumed when `rows` is not given
+        self._next = 0  # the split position assumed when `indices` is not given
 
 # %% ../nbs/03_metrics.ipynb #m3evprep
 @torch.no_grad()
-def _prepare(self: RefAVSEvaluator, logits, gt, row: int):
+def _prepare(self: RefAVSEvaluator, logits, gt, index: int):
     "One row's logits and GT at the protocol's evaluation size."
     if gt is None:
-        if not self.null: raise ValueError(f"row {row}: gt_masks are needed for J and F (only S ignores them)")
+        if not self.null: raise ValueError(f"split position {index}: gt_masks are needed for J and F (only S ignores them)")
         x = torch.as_tensor(logits)
         size = (self.protocol.size,) * 2 if self.protocol.size else tuple(x.shape[-2:])
         return resize_logits(x, size), None
-    y = official_gt(_as_masks(gt, f"gt_masks[{row}]"), self.protocol.size)  # [T, H, W] bool
+    y = _resize_gt8(_as_masks(gt, f"gt_masks[{index}]"), self.protocol.size)  # [T, H, W] bool
     x = resize_logits(logits, y.shape[-2:])  # [T, H, W] float32
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"row {row}: pred_logits has {x.shape[0]} frames but gt_masks has {y.shape[0]}")
-    if torch.isnan(x).any(): raise ValueError(f"row {row}: pred_logits contains NaN")
+        raise ValueError(f"split position {index}: pred_logits has {x.shape[0]} frames but gt_masks has {y.shape[0]}")
+    if torch.isnan(x).any(): raise ValueError(f"split position {index}: pred_logits contains NaN")
     return x, y
 RefAVSEvaluator._prepare = _prepare
 
 # %% ../nbs/03_metrics.ipynb #m3evupd
 def update(self: RefAVSEvaluator,
            pred_logits,  # [B, T, H, W] tensor, or a sequence of B [T, H, W] tensors (native sizes may differ)
-           gt_masks=None,  # sequence of B uint8 [T, H, W] {0, 255} arrays (None for S)
-           rows: Sequence[int] | None = None,  # the rows' indices in the split; default: continue from the last
+           gt_masks=None,  # sequence of B bool / uint8 [T, H, W] {0, 1} arrays (None for S)
+           indices: Sequence[int] | None = None,  # the rows' 0-based positions in the split (CSV order); default: continue from the last
           ) -> RefAVSEvaluator:
     "Add predictions for some rows; every group whose rows are all present is scored at once."
     b = len(pred_logits)
-    rows = list(range(self._next, self._next + b)) if rows is None else [int(r) for r in rows]
-    if len(rows) != b or (gt_masks is not None and len(gt_masks) != b):
-        raise ValueError(f"update: {b} predictions, {len(rows)} row indices and "
+    indices = list(range(self._next, self._next + b)) if indices is None else [int(r) for r in indices]
+    if len(indices) != b or (gt_masks is not None and len(gt_masks) != b):
+        raise ValueError(f"update: {b} predictions, {len(indices)} split positions (indices) and "
                          f"{'no' if gt_masks is None else len(gt_masks)} GT entries: expected equal lengths")
-    for i, r in enumerate(rows):
+    for i, r in enumerate(indices):
         if r < 0 or (self.n_rows is not None and r >= self.n_rows):
-            raise ValueError(f"row {r} is outside the split (n_rows={self.n_rows})")
-        if r in self.pending or r in self.done: raise ValueError(f"row {r} was given twice")
+            raise ValueError(f"split position {r} is outside the split (n_rows={self.n_rows})")
+        if r in self.pending or r in self.done: raise ValueError(f"split position {r} was given twice")
         self.pending[r] = self._prepare(pred_logits[i], None if gt_masks is None else gt_masks[i], r)
-    self._next = max(rows, default=self._next - 1) + 1
+    self._next = max(indices, default=self._next - 1) + 1
     g = self.protocol.group_rows
-    for start in sorted({r - r % g for r in rows}):
+    for start in sorted({r - r % g for r in indices}):
         members = range(start, start + g)
         if all(m in self.pending for m in members): self._score_group(list(members))
     return self
 RefAVSEvaluator.update = update
+
 
 # %% ../nbs/03_metrics.ipynb #m3evscore
 @torch.no_grad()
@@ -273,11 +281,11 @@ def _score_group(self: RefAVSEvaluator, members: list[int]):
     items = [self.pending.pop(m) for m in members]
     self.done.update(members)
     sizes = {tuple(x.shape[-2:]) for x, _ in items}
-    if len(sizes) > 1: raise ValueError(f"rows {members}: one group needs one frame size, got {sorted(sizes)}")
+    if len(sizes) > 1: raise ValueError(f"split positions {members}: one group needs one frame size, got {sorted(sizes)}")
     x = torch.cat([x for x, _ in items])  # [N, H, W] logits, N = frames of the group
     probs = torch.sigmoid(x)  # one sigmoid over the stacked group, as the official code
     p = self.protocol
-    rec = dict(rows=members, n_frames=x.shape[0])
+    rec = dict(indices=members, n_frames=x.shape[0])
     if self.null: rec["S"] = null_s(probs, p.s_threshold, p.s_mode)
     else:
         y = torch.cat([y for _, y in items])  # [N, H, W] bool
@@ -293,14 +301,14 @@ def compute(self: RefAVSEvaluator) -> dict[str, Any]:
     "Score the last (possibly short) group and return the split's scores and counts."
     n = self.n_rows if self.n_rows is not None else max(self.pending.keys() | self.done, default=-1) + 1
     missing = [r for r in range(n) if r not in self.pending and r not in self.done]
-    if missing: raise ValueError(f"rows never given: {missing[:10]}{' ...' if len(missing) > 10 else ''} (of {n})")
+    if missing: raise ValueError(f"split positions never given: {missing[:10]}{' ...' if len(missing) > 10 else ''} (of {n})")
     g = self.protocol.group_rows
     for start in sorted({r - r % g for r in self.pending}):
         self._score_group([m for m in range(start, min(start + g, n))])
-    self.groups.sort(key=lambda r: r["rows"][0])
+    self.groups.sort(key=lambda r: r["indices"][0])
     if not self.groups: raise ValueError("compute: no rows were given")
     out = dict(protocol=self.protocol.name, options=asdict(self.protocol), n_rows=n, n_batches=len(self.groups),
-               last_batch_rows=len(self.groups[-1]["rows"]), n_frames=sum(r["n_frames"] for r in self.groups))
+               last_batch_rows=len(self.groups[-1]["indices"]), n_frames=sum(r["n_frames"] for r in self.groups))
     keys = ["S"] if self.null else ["J", "F"]
     for k in keys:
         vals = [r[k] for r in self.groups]
@@ -324,7 +332,7 @@ RefAVSEvaluator.compute = compute
 
 # %% ../nbs/03_metrics.ipynb #m3score
 def score_split(pred_logits,  # [N, T, H, W] float logits (256×256 for official), or a sequence of N [T, H, W]
-                gt_masks,  # sequence of N uint8 [T, H, W] {0, 255} arrays as read from the PNGs (None allowed for S)
+                gt_masks,  # sequence of N bool / uint8 [T, H, W] {0, 1} arrays, as the dataset yields (None allowed for S)
                 null: bool = False,  # score S (test_n) instead of J and F
                 protocol: str | Protocol = "official",  # "official", "per_expression", "aurora_code", "avsbench"
                 f_method: str = "fast",  # "fast" or "direct" F (identical numbers)

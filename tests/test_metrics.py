@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aurora_nb.metrics import (F_THRESHOLDS, PROTOCOLS, RefAVSEvaluator, f_curve_direct, f_curves, f_measure,
+from aurora_nb.metrics import (F_THRESHOLDS, PROTOCOLS, RefAVSEvaluator, _resize_gt8, f_curve_direct, f_curves, f_measure,
                                frame_iou, get_protocol, mask_iou, null_s, official_gt, read_gt_official,
                                resize_logits, results_table, score_split, threshold_buckets)
 
@@ -30,9 +30,9 @@ def full(t, h, w, v, dtype=torch.float32):
 
 
 def masks(t, h, w, boxes=()):
-    "uint8 {0,255} [t, h, w] with (frame, y0, y1, x0, x1) boxes set."
+    "uint8 {0,1} [t, h, w] with (frame, y0, y1, x0, x1) boxes set."
     g = np.zeros((t, h, w), np.uint8)
-    for f, y0, y1, x0, x1 in boxes: g[f, y0:y1, x0:x1] = 255
+    for f, y0, y1, x0, x1 in boxes: g[f, y0:y1, x0:x1] = 1
     return g
 
 
@@ -51,7 +51,7 @@ def ref_official(preds, gts, null=False):
             if not null:
                 fr = []
                 for g in gts[r]:
-                    bgr = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
+                    bgr = cv2.cvtColor(g * np.uint8(255), cv2.COLOR_GRAY2BGR)  # the PNG values {0, 255}
                     fr.append(torch.as_tensor(cv2.cvtColor(cv2.resize(bgr, (256, 256)), cv2.COLOR_BGR2GRAY) > 0,
                                               dtype=torch.float32))
                 ys.append(torch.stack(fr))
@@ -93,10 +93,10 @@ def random_split(n_rows, t=3, h=60, w=90, seed=0, size=256, empty_rows=(), nativ
         for f in range(t):
             if r in empty_rows or rng.random() < 0.25: continue
             y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
-            g[f, y0:y0 + rng.integers(2, h // 2), x0:x0 + rng.integers(2, w // 2)] = 255
+            g[f, y0:y0 + rng.integers(2, h // 2), x0:x0 + rng.integers(2, w // 2)] = 1
         gts.append(g)
         s = (h, w) if native else (size, size)
-        base = F.interpolate(torch.from_numpy(g).float()[:, None] / 255, size=s, mode="bilinear")[:, 0]
+        base = F.interpolate(torch.from_numpy(g).float()[:, None], size=s, mode="bilinear")[:, 0]
         preds.append((base * 2 - 1) * 3 + torch.from_numpy(rng.normal(0, 2, (t, *s))).float())
     return preds, gts
 
@@ -107,18 +107,22 @@ def test_gt_resize_matches_cv2_bgr_chain(h, w, tmp_path):
     rng = np.random.default_rng(h * w)
     for g in (rng.integers(0, 2, (2, h, w)).astype(np.uint8) * 255,  # {0,255} speckle: worst case for rounding
               rng.integers(0, 256, (2, h, w)).astype(np.uint8)):  # any 8-bit values
-        ours = official_gt(g)
+        ours = _resize_gt8(g)
         for i, m in enumerate(g):
             bgr = cv2.resize(cv2.cvtColor(m, cv2.COLOR_GRAY2BGR), (256, 256), interpolation=cv2.INTER_LINEAR)
             assert (bgr[..., 0] == bgr[..., 1]).all() and (bgr[..., 1] == bgr[..., 2]).all()
             assert torch.equal(ours[i], torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) > 0))
             assert torch.equal(ours[i], torch.from_numpy(cv2.resize(m, (256, 256)) > 0))
     cv2.imwrite(str(tmp_path / "m.png"), g[0] // 128 * 255)  # a {0,255} PNG through imread
-    assert torch.equal(read_gt_official(tmp_path / "m.png"), official_gt(g[:1] // 128 * 255)[0])
+    assert torch.equal(read_gt_official(tmp_path / "m.png"), official_gt(g[:1] // 128)[0])  # {0, 1} in
+    speckle = rng.integers(0, 2, (2, h, w)).astype(np.uint8)
+    assert torch.equal(official_gt(speckle), _resize_gt8(speckle * 255))  # {0, 1} -> {0, 255} before the resize
+    assert torch.equal(official_gt(speckle.astype(bool)), official_gt(speckle))
 
 
 def test_gt_input_checks():
-    with pytest.raises(ValueError, match="look like"): official_gt(np.ones((1, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"values up to 255.*\{0, 1\}"): official_gt(np.full((1, 4, 4), 255, np.uint8))
+    assert torch.equal(official_gt(np.ones((1, 4, 4), np.uint8), None), torch.ones(1, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="uint8"): official_gt(np.ones((1, 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"\[T, H, W\]"): official_gt(np.zeros((4, 4), np.uint8))
     assert torch.equal(official_gt(np.ones((1, 4, 4), bool), None), torch.ones(1, 4, 4, dtype=torch.bool))
@@ -158,13 +162,13 @@ def test_exact_04_is_not_foreground_for_j():
     gt = torch.ones(1, 8, 8, dtype=torch.bool)
     assert float(mask_iou(p[:1], gt)) == 0.0
     assert float(mask_iou(above, gt)) == pytest.approx(1.0, abs=1e-6) and (above > P04).all()
-    g = np.full((2, 256, 256), 255, np.uint8)
+    g = np.full((2, 256, 256), 1, np.uint8)
     assert score_split(full(1, 256, 256, LOGIT_04)[None].repeat(1, 2, 1, 1), [g])["J"] == 0.0
 
 
 def test_exact_05_strict_for_j_and_s_but_included_in_f():
     x = torch.zeros(1, 2, 64, 64)  # sigmoid(0) = 0.5 exactly
-    g = np.full((2, 64, 64), 255, np.uint8)
+    g = np.full((2, 64, 64), 1, np.uint8)
     assert score_split(x, [g], protocol="per_expression")["J"] == pytest.approx(100.0, abs=1e-4)  # 0.5 > 0.4
     assert score_split(x, [g], protocol="aurora_code")["J"] == 0.0  # 0.5 is not > 0.5
     assert score_split(x, [g], protocol="avsbench")["J"] == 0.0
@@ -334,11 +338,11 @@ def test_evaluator_streaming_equals_score_split(protocol, sizes):
     for s in sizes:
         ev.update(torch.stack(preds[i:i + s]), gts[i:i + s]); i += s
     assert ev.compute() == want
-    order = [8, 0, 5, 1, 2, 7, 3, 4, 6]  # out of order, keyed by row index
+    order = [8, 0, 5, 1, 2, 7, 3, 4, 6]  # out of order, keyed by split position
     ev = RefAVSEvaluator(protocol=protocol)
     for k in range(0, 9, 2):
-        rows = order[k:k + 2]
-        ev.update([preds[r] for r in rows], [gts[r] for r in rows], rows=rows)
+        idx = order[k:k + 2]
+        ev.update([preds[r] for r in idx], [gts[r] for r in idx], indices=idx)
     assert ev.compute() == want
     nul = score_split(torch.stack(preds), None, null=True, protocol=protocol)
     ev = RefAVSEvaluator(null=True, protocol=protocol)
@@ -348,11 +352,13 @@ def test_evaluator_streaming_equals_score_split(protocol, sizes):
 
 def test_evaluator_errors_name_the_row():
     preds, gts = random_split(3)
-    ev = RefAVSEvaluator(n_rows=3).update(preds[:1], gts[:1], rows=[0])
-    with pytest.raises(ValueError, match="row 0 was given twice"): ev.update(preds[:1], gts[:1], rows=[0])
-    with pytest.raises(ValueError, match=r"rows never given: \[1\]"):
-        RefAVSEvaluator(n_rows=3).update(preds[:1], gts[:1], rows=[2]).update(preds[:1], gts[:1], rows=[0]).compute()
-    with pytest.raises(ValueError, match="outside the split"): ev.update(preds[:1], gts[:1], rows=[3])
+    ev = RefAVSEvaluator(n_rows=3).update(preds[:1], gts[:1], indices=[0])
+    with pytest.raises(ValueError, match="split position 0 was given twice"): ev.update(preds[:1], gts[:1], indices=[0])
+    with pytest.raises(ValueError, match=r"split positions never given: \[1\]"):
+        RefAVSEvaluator(n_rows=3).update(preds[:1], gts[:1], indices=[2]).update(preds[:1], gts[:1], indices=[0]).compute()
+    with pytest.raises(ValueError, match="outside the split"): ev.update(preds[:1], gts[:1], indices=[3])
+    with pytest.raises(ValueError, match=r"gt_masks\[0\]: values up to 255"):
+        RefAVSEvaluator().update(preds[:1], [gts[0] * 255])  # PNG values are refused, not silently rescaled
     with pytest.raises(ValueError, match="gt_masks are needed"): RefAVSEvaluator().update(preds[:1])
     with pytest.raises(ValueError, match="frames"): score_split([preds[0][:2]], gts[:1])
     nan = preds[0].clone(); nan[0, 0, 0] = float("nan")

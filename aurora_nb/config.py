@@ -138,11 +138,9 @@ class StagesConfig:
 @dataclass
 class EvalConfig:
     "How predictions are decoded and scored."
-    protocol: Literal["official", "per_expression", "aurora_code", "avsbench"] = "official"  # see the metrics chapter
+    protocol: Literal["official", "per_expression", "aurora_code", "avsbench"] = "official"  # a metrics `PROTOCOLS` name: the one source of grouping, thresholds and size
     splits: list[str] = field(default_factory=lambda: ["test_s", "test_u", "test_n"])
-    batch_rows: int = 4  # official grouping: consecutive batches of 4 expressions
-    j_threshold: float = 0.4  # sigmoid > 0.4 for J (the AURORA code used 0.5)
-    s_threshold: float = 0.5  # sigmoid > 0.5 for the null metric S
+    batch_size: int = 4  # rows per generation batch (left-padded greedy decoding); scoring groups come from the protocol
     max_new_tokens: int = 2048  # greedy decoding cap
     seg_fallback: str = "It is [SEG]."  # appended when an answer has no [SEG] (counted and reported)
 

@@ -75,12 +75,13 @@ def read_metadata(root: str | Path,  # Ref-AVS root holding metadata.csv
 @dataclass(frozen=True)
 class RefAVSSample:
     "One row of metadata.csv: the expression, its target object and where its files are."
-    row: int  # index among the CSV data rows: the key for results, never uid
+    row: int  # index among the CSV data rows (what the validator and messages name)
     vid: str  # source clip id (for null rows: the clip the null set was made from)
     uid: str  # expression id <folder>_<category>_<k>; not unique
     split: str  # train, val, test_s, test_u, test_n (or TODO)
     fid: int  # object index into gt_mask/<folder>/fid_<fid>/
     expression: str  # the referring expression
+    index: int = 0  # 0-based position in its split, CSV order: the key of results (the official protocol groups these by 4)
 
     @property
     def folder(self) -> str: return folder_from_uid(self.uid)
@@ -104,9 +105,10 @@ def read_samples(root: str | Path,  # Ref-AVS root
     "The rows of `split` in CSV order (duplicate uids kept as separate rows)."
     if split is not None and split not in (*SPLITS, "TODO"): raise RefAVSDataError(f"unknown split {split!r}; expected one of {SPLITS}")
     df = read_metadata(root)
+    df["index"] = df.groupby("split").cumcount()  # position within its own split
     if split is not None: df = df[df["split"] == split]
-    return [RefAVSSample(int(r), v, u, s, int(f), e) for r, v, u, s, f, e in
-            zip(df["row"], df["vid"], df["uid"], df["split"], df["fid"], df["exp"])]
+    return [RefAVSSample(int(r), v, u, s, int(f), e, int(i)) for r, v, u, s, f, e, i in
+            zip(df["row"], df["vid"], df["uid"], df["split"], df["fid"], df["exp"], df["index"])]
 
 # %% ../nbs/01_data.ipynb #d1loadframes
 def _read_image(path: Path, mode: str) -> np.ndarray:
@@ -171,7 +173,7 @@ def load_clip(root: str | Path,  # Ref-AVS root
     item = dict(frames=frames, audio=load_audio(sample.audio_path(root), sample_rate))
     if with_masks: item["masks"] = load_masks(sample.mask_paths(root, num_frames), size=frames.shape[1:3])  # [T, H, W]
     item.update(expression=sample.expression, category=sample.category, uid=sample.uid, vid=sample.vid, fid=sample.fid,
-                split=sample.split, is_null=sample.is_null, row=sample.row, folder=sample.folder, sample_rate=sample_rate)
+                split=sample.split, is_null=sample.is_null, row=sample.row, index=sample.index, folder=sample.folder, sample_rate=sample_rate)
     return item
 
 # %% ../nbs/01_data.ipynb #d1dscls

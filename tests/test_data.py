@@ -58,6 +58,10 @@ def test_loader_every_split(real_format):
         assert item["audio"].dtype == np.float32 and item["audio"].shape == (160_000,)
         for k in ("expression", "category", "uid", "vid", "fid", "split", "is_null", "row", "folder"): assert k in item
         assert item["split"] == split and item["row"] == ds.samples[0].row
+        assert [s.index for s in ds.samples] == list(range(len(ds)))  # the evaluator's key: position in the split
+        last = ds[len(ds) - 1]
+        assert last["index"] == len(ds) - 1 and last["row"] == ds.samples[-1].row and item["index"] == 0
+    assert [s.index for s in read_samples(real_format)] == meta.groupby("split").cumcount().tolist()  # all rows
 
 
 def test_real_audio_formats_become_16k_mono(real_format):

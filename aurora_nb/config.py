@@ -40,12 +40,13 @@ class DataConfig:
 # %% ../nbs/00_config.ipynb #c0lora
 @dataclass
 class LoraSettings:
-    "LoRA adapters on the language model (peft)."
+    "LoRA adapters (peft) on the thinker."
     enabled: bool = True  # False trains the selected modules in full instead
     r: int = 8  # rank (official code: 8)
     alpha: int = 16  # scaling numerator; the update is scaled by alpha / r
     dropout: float = 0.05  # dropout on the LoRA input
-    target_modules: str = r".*language_model.*\.(q_proj|v_proj)"  # regex: the LLM's q/v projections only, never the encoders'
+    scope: Literal["official", "llm"] = "official"  # "official": q/v of the LLM and of the audio encoder (the released name rule; vision encoder excluded); "llm": the LLM's q/v only
+    target_modules: str = ""  # a regex over module names that replaces the scope's rule; "" uses `scope`
 
 # %% ../nbs/00_config.ipynb #c0mcfg
 @dataclass
@@ -64,6 +65,7 @@ class ModelConfig:
     sam_image_size: int = 224  # SAM input side in pixels (official AURORA: 224 -> 14x14 embeddings)
     trainable: Literal["lora", "all"] = "lora"  # "lora": the paper's policy; "all": every parameter trains
     lora: LoraSettings = field(default_factory=LoraSettings)
+    token_rows: Literal["new", "full"] = "new"  # rows of `embed_tokens` / `lm_head` that train: "new" = the added [SEG] rows only (ours: +0.2 MB at 7B), "full" = the whole matrices (official: +17 GB of fp32 weights, gradients and Adam state at 7B)
     freeze_sam_encoder: bool = True  # the SAM image encoder is frozen at full scale
     cache_sam_embeddings: bool = True  # cache frozen SAM image embeddings on disk
     cache_dir: str = ".cache/aurora_nb/sam"  # where the embedding cache lives

@@ -6,57 +6,158 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import importlib
+import importlib.util
+import io
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aurora_nb
-from .config import ConfigError, config_hash, get_config, resolve_path, save_config
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'PIPELINE_STEPS', 'resolve_handler', 'add_config_args', 'config_from_args', 'config_cli', 'run_cli',
-           'main']
+__all__ = ['SUBCOMMANDS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'PIPELINE_STEPS', 'is_built', 'resolve_handler',
+           'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand', 'config_main', 'write_status',
+           'run_main', 'main']
 
 # %% ../nbs/13a_cli.ipynb #cl0regc
 SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
-    "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_cli"),
-    "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_cli"),
+    "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_main"),
+    "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_main"),
     "cot": ("write CoT data with the oracle or a teacher model", None),
     "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", None),
-    "eval": ("evaluate a checkpoint on Ref-AVS splits (J, F, S)", None),
-    "infer": ("one video + audio + expression -> masks and an overlay", None),
-    "run": ("all stages, then evaluation and a report (runs what is built so far)", "aurora_nb.cli:run_cli"),
+    "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
+    "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
+    "run": ("all stages, then evaluation and a report (runs what is built so far)", "aurora_nb.cli:run_main"),
     "bench": ("throughput benchmarks", None),
-    "config": ("print the resolved configuration as YAML", "aurora_nb.cli:config_cli"),
+    "config": ("print the resolved configuration as YAML", "aurora_nb.cli:config_main"),
 }
 
-def resolve_handler(name: str):
-    "The handler function of subcommand `name`, or `None` when it is not built yet."
+def is_built(name: str) -> bool:
+    "Whether subcommand `name` has a handler module in this installation (checked without importing it)."
     target = SUBCOMMANDS[name][1]
-    if target is None: return None
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
+    if target is None: return False
+    try: return importlib.util.find_spec(target.split(":")[0]) is not None
+    except ModuleNotFoundError: return False
+
+def resolve_handler(name: str):
+    "The handler function of subcommand `name` (its module is imported now), or `None` when it is not built yet."
+    if not is_built(name): return None
+    module, func = SUBCOMMANDS[name][1].split(":")
+    handler = getattr(importlib.import_module(module), func, None)
+    if handler is None: raise AttributeError(f"{module} has no function {func!r}, which SUBCOMMANDS names as the handler of 'aurora-nb {name}'")
+    return handler
 
 # %% ../nbs/13a_cli.ipynb #cl0cfgc
-def add_config_args(p: argparse.ArgumentParser):
-    "Add `--preset`, `--config` and positional `key=value` overrides to `p`."
-    p.add_argument("--preset", default="tiny", help="preset to start from: tiny or full (default: tiny)")
-    p.add_argument("--config", default=None, help="a saved config.yaml to start from instead of a preset")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. stages.grpo.lr=2e-5")
+def add_config_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add `--preset` or `--config` (mutually exclusive) and positional `KEY=VALUE` overrides to `p`."
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--preset", default=None, help="preset to start from: tiny or full (default: tiny)")
+    start.add_argument("--config", default=None, metavar="FILE", help="a saved config.yaml to start from instead of a preset")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied last, e.g. stages.grpo.lr=2e-5")
     return p
 
-def config_from_args(args):
+def config_from_args(args: argparse.Namespace):
     "The `AuroraConfig` described by parsed `add_config_args` arguments."
-    return get_config(args.preset, args.overrides, path=args.config)
+    from aurora_nb.config import get_config
+    return get_config(args.preset or "tiny", args.overrides, path=args.config)
 
-def config_cli(argv: list[str]) -> int:
+# %% ../nbs/13a_cli.ipynb #cl0parsc
+SPLIT_NAMES = ("train", "val", "test_s", "test_u", "test_n")  # the Ref-AVS splits, as the data chapter names them
+REFERENCE_PREDICTORS = ("empty", "full", "union", "random-object")  # model-free predictors of the evaluation chapter
+
+def _synth_args(p):
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must be empty unless --force)")
+    p.add_argument("--videos", type=int, default=16, help="normal clips, at least 4 (default 16); null folders and the TODO clip come on top")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same benchmark (default 0)")
+    p.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
+    p.add_argument("--min-objects", type=int, default=2, help="fewest objects per clip, at least 1 (default 2)")
+    p.add_argument("--max-objects", type=int, default=3, help="most objects per clip, at most 4 (default 3)")
+    p.add_argument("--expressions-per-object", type=int, default=2, help="expressions (CSV rows) per object (default 2)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="WAV rate of normal clips in Hz (default 16000)")
+    p.add_argument("--channels", type=int, default=1, help="WAV channels of normal clips (default 1)")
+    p.add_argument("--null-sample-rate", type=int, default=None, help="WAV rate of null folders in Hz (default: --sample-rate)")
+    p.add_argument("--audio-subtype", default="PCM_16", choices=["PCM_16", "PCM_U8"], help="WAV sample format (default PCM_16)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames, 1-95 (default 90)")
+    p.add_argument("--real-audio", action="store_true", help="the real data's formats: 48 kHz stereo, null folders 44.1 kHz mono")
+    p.add_argument("--null-fraction", type=float, default=0.25, help="share of train/val clips that also get a null folder (default 0.25)")
+    p.add_argument("--todo-videos", type=int, default=1, help="extra clips whose rows have split TODO, as in the real CSV (default 1)")
+    p.add_argument("--null-test", type=int, default=None, help="test_n folders (default: about one per 8 videos)")
+    p.add_argument("--force", action="store_true", help="replace an existing benchmark in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+def _check_data_args(p):
+    p.add_argument("root", metavar="ROOT", help="Ref-AVS root holding metadata.csv, media/ and gt_mask/")
+    p.add_argument("--num-frames", type=int, default=10, help="frames and masks per clip (default 10)")
+    p.add_argument("--min-audio-seconds", type=float, default=9.5, help="shorter audio is a problem (default 9.5)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+def _eval_args(p):
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", metavar="DIR", help="a folder written by save_pretrained, or a training run's final model folder")
+    what.add_argument("--predictor", choices=REFERENCE_PREDICTORS, help="score a reference predictor instead of a model (needs no "
+                      "--model): empty (all background), full (whole frame), union (all objects) or random-object (one present object, "
+                      "seeded); union and random-object need a synthetic benchmark's annotations")
+    p.add_argument("--split", required=True, choices=SPLIT_NAMES, help="the split to score; test_n is scored with S, the others with J and F")
+    p.add_argument("--data", metavar="ROOT", default=None, help="Ref-AVS root (default: the config's data.root)")
+    p.add_argument("--out", metavar="DIR", default=None, help="write metrics.json, predictions.jsonl and the mask PNGs here; "
+                   "re-running with the same folder resumes (default: print the scores only)")
+    p.add_argument("--audio", choices=("real", "muted", "shuffled"), default="real", help="audio given to the model: real, muted "
+                   "(zeros) or shuffled (another clip's audio, seeded); the audio-reliance probe (default real)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N rows of the split, in CSV order "
+                   "(a quick look, not a comparable score)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows generated together (default: the config's eval.batch_size)")
+    add_config_args(p)
+
+def _infer_args(p):
+    p.add_argument("--model", required=True, metavar="DIR", help="a folder written by save_pretrained, or a training run's final model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", metavar="FILE", help="a video file with an audio track (mp4, mkv, ...); 10 frames and 10 s of audio are "
+                     "sampled the way the data chapter samples the benchmark")
+    src.add_argument("--frames", metavar="DIR", help="a folder of frames 0.jpg ... 9.jpg (goes with --audio)")
+    p.add_argument("--audio", metavar="FILE.wav", default=None, help="the clip's audio, with --frames")
+    p.add_argument("--expression", required=True, metavar="TEXT", help="the referring expression, e.g. 'the object making a sound'")
+    p.add_argument("--out", metavar="DIR", default="infer_out", help="folder for one mask PNG per frame and the overlay (default: infer_out)")
+    p.add_argument("--allow-silent", action="store_true", help="run on silence when the video has no audio track (otherwise that is an error)")
+
+def _run_args(p):
+    add_config_args(p)
+    p.add_argument("--name", default=None, help="run name (default: the config's name, i.e. the preset); outputs go to <output_dir>/<name>/")
+
+PARSER_ARGS = {"synth": _synth_args, "check-data": _check_data_args, "eval": _eval_args, "infer": _infer_args,
+               "run": _run_args, "config": add_config_args}  # subcommands not listed have no options yet
+
+# %% ../nbs/13a_cli.ipynb #cl0parsb
+def _formatter(prog):  # fixed width: help reads the same in a terminal, a notebook and CI
+    return argparse.RawDescriptionHelpFormatter(prog, width=100)
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    "The complete `argparse` parser of subcommand `name` (no handler is imported)."
+    desc, _ = SUBCOMMANDS[name]
+    note = "" if is_built(name) else "\n\nNot built yet in this version of aurora_nb: the options below are the planned interface."
+    p = argparse.ArgumentParser(prog=f"aurora-nb {name}", description=desc[0].upper() + desc[1:] + "." + note, formatter_class=_formatter)
+    if name in PARSER_ARGS: PARSER_ARGS[name](p)
+    return p
+
+def parse_subcommand(name: str, argv: list[str]) -> argparse.Namespace:
+    "Parse `argv` for subcommand `name`, including the checks `argparse` cannot express (errors exit with code 2)."
+    p = build_parser(name)
+    args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may come before, between or after the options
+    if name == "infer":
+        if args.frames and not args.audio: p.error("--frames needs --audio FILE.wav (the clip's audio)")
+        if args.video and args.audio: p.error("--audio goes with --frames; with --video the audio track of the video is used")
+    for opt in ("videos", "limit", "batch_size"):
+        if getattr(args, opt, None) is not None and getattr(args, opt) < 1: p.error(f"--{opt.replace('_', '-')} must be at least 1")
+    return args
+
+# %% ../nbs/13a_cli.ipynb #cl0cfgmc
+def config_main(args: argparse.Namespace) -> int:
     "Print the resolved configuration as YAML."
-    p = add_config_args(argparse.ArgumentParser(prog="aurora-nb config", description="Print the resolved configuration."))
-    args = p.parse_args(argv)
-    cfg = config_from_args(args)
     import yaml
     from aurora_nb.config import config_to_dict
+    cfg = config_from_args(args)
     sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, width=120))
     return 0
 
@@ -71,44 +172,86 @@ PIPELINE_STEPS: list[tuple[str, str]] = [  # (step, subcommand that implements i
     ("evaluate and report", "eval"),
 ]
 
-def run_cli(argv: list[str]) -> int:
-    "Run every built pipeline step for a config and say plainly which steps are not built yet."
-    p = add_config_args(argparse.ArgumentParser(prog="aurora-nb run", description="Run the whole AURORA pipeline."))
-    p.add_argument("--name", default=None, help="run name (default: the preset name); outputs go to runs/<name>/")
-    args = p.parse_args(argv)
+def write_status(run_dir: Path,  # the run folder
+                 status: str,  # running, finished or failed
+                 ran: list[str],  # steps that completed
+                 missing: list[str],  # steps not built yet
+                 failed: str | None = None,  # the step that failed
+                 why: str | None = None,  # what went wrong, in a few lines
+                ) -> Path:
+    "Write `run_dir/STATUS.txt`, the run's state in plain `key: value` lines."
+    lines = [f"status: {status}", f"ran: {', '.join(ran) or 'config only'}", f"not built yet: {', '.join(missing) or 'nothing'}"]
+    if failed: lines.append(f"failed step: {failed}")
+    if why: lines.append("why: " + why.strip().replace("\n", "\n     "))
+    lines.append(f"{status}: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    path = Path(run_dir) / "STATUS.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+# %% ../nbs/13a_cli.ipynb #cl0tail
+class _Tee(io.TextIOBase):
+    "A text stream that passes writes through to `out` and keeps the last `n` non-empty lines."
+    def __init__(self, out, n: int = 4): self.out, self.lines, self._part = out, collections.deque(maxlen=n), ""
+    def write(self, s: str) -> int:
+        self.out.write(s)
+        *done, self._part = (self._part + s).replace("\r", "\n").split("\n")
+        self.lines.extend(l for l in done if l.strip())
+        return len(s)
+    def flush(self): self.out.flush()
+    def tail(self) -> str: return "\n".join([*self.lines, *([self._part] if self._part.strip() else [])][-self.lines.maxlen:])
+
+def _step_argv(sub: str, cfg, run_dir: Path) -> list[str]:
+    "The command-line arguments `run` gives to the handler of pipeline subcommand `sub`."
+    from aurora_nb.config import resolve_path
+    if sub == "check-data": return [str(resolve_path(cfg.data.root))] + ([] if sys.stderr.isatty() else ["--no-progress"])
+    if sub == "eval": return ["--model", str(run_dir / "model"), "--split", "val", "--out", str(run_dir / "eval"), "--config", str(run_dir / "config.yaml")]
+    return []
+
+def _why(code, *tails: str) -> str:
+    "Why a step failed: its exit code and the last lines it printed."
+    return "\n".join([f"exit code {code}", *(t for t in tails if t.strip())])
+
+# %% ../nbs/13a_cli.ipynb #cl0runm
+def run_main(args: argparse.Namespace) -> int:
+    "Run every built pipeline step for a config, say plainly which are not built yet, and record the outcome in STATUS.txt."
+    from aurora_nb.config import config_hash, save_config
     cfg = config_from_args(args)
     if args.name: cfg.name = args.name
     run_dir = Path(cfg.output_dir) / cfg.name
     save_config(cfg, run_dir / "config.yaml")
     print(f"aurora-nb run: preset {cfg.preset!r}, config {config_hash(cfg)} -> {run_dir / 'config.yaml'}")
-    ran, missing = [], []
-    for step, sub in PIPELINE_STEPS:
-        handler = resolve_handler(sub)
-        if handler is None:
-            missing.append(step); print(f"  [not built yet] {step}"); continue
-        argv_step = [str(resolve_path(cfg.data.root))] if sub == "check-data" else []
-        print(f"  [run] {step}: aurora-nb {sub} {' '.join(argv_step)}")
-        rc = handler(argv_step)
+    ran, missing = [], [step for step, sub in PIPELINE_STEPS if not is_built(sub)]
+    write_status(run_dir, "running", ran, missing)
+    for i, (step, sub) in enumerate(PIPELINE_STEPS):
+        if step in missing: print(f"  [not built yet] {step}"); continue
+        if any(s in missing for s, _ in PIPELINE_STEPS[:i]):  # each step reads what the steps before it wrote
+            print(f"  [skipped: needs the steps before it] {step}"); continue
+        argv = _step_argv(sub, cfg, run_dir)
+        print(f"  [run] {step}: aurora-nb {sub} {' '.join(argv)}")
+        out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = int(resolve_handler(sub)(parse_subcommand(sub, argv)) or 0)
+        except BaseException as e:  # record the failure, then let it surface as usual
+            write_status(run_dir, "failed", ran, missing, f"{step} (aurora-nb {sub})",
+                         _why(e.code, err.tail()) if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}")
+            raise
         if rc != 0:
-            print(f"aurora-nb run: step {step!r} failed with exit code {rc}; stopping.")
+            write_status(run_dir, "failed", ran, missing, f"{step} (aurora-nb {sub})", _why(rc, err.tail(), out.tail()))
+            print(f"aurora-nb run: step {step!r} failed with exit code {rc}; stopping (see {run_dir / 'STATUS.txt'}).")
             return rc
         ran.append(step)
     print(f"ran: {', '.join(ran) or 'nothing but the config'}")
-    if missing:
-        print(f"not built yet: {', '.join(missing)}. No model was trained and no results were produced.")
-    (run_dir / "STATUS.txt").write_text(
-        f"ran: {', '.join(ran) or 'config only'}\nnot built yet: {', '.join(missing) or 'nothing'}\n"
-        f"finished: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+    if missing: print(f"not built yet: {', '.join(missing)}. No model was trained and no results were produced.")
+    write_status(run_dir, "finished", ran, missing)
     return 0
 
 # %% ../nbs/13a_cli.ipynb #cl0mainc
 def _main_parser() -> argparse.ArgumentParser:
     "The top-level parser: a subcommand name followed by that subcommand's own arguments."
-    lines = []
-    for name, (desc, target) in SUBCOMMANDS.items():
-        lines.append(f"  {name:11} {desc}" + ("" if target else "  [not built yet]"))
-    p = argparse.ArgumentParser(  # fixed width: the help reads the same in a terminal, a notebook and CI
-        prog="aurora-nb", formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100),
+    lines = [f"  {name:11} {desc}" + ("" if is_built(name) else "  [not built yet]") for name, (desc, _) in SUBCOMMANDS.items()]
+    p = argparse.ArgumentParser(
+        prog="aurora-nb", formatter_class=_formatter,
         description="AURORA for Reference Audio-Visual Segmentation: data, training, evaluation.",
         epilog="subcommands:\n" + "\n".join(lines) + "\n\n`aurora-nb SUBCOMMAND -h` describes each one.")
     p.add_argument("--version", action="version", version=f"aurora_nb {aurora_nb.__version__}")
@@ -121,17 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = _main_parser()
     if not argv: p.print_help(); return 2
-    args = p.parse_args(argv)
-    if args.command not in SUBCOMMANDS:
+    top = p.parse_args(argv)
+    if top.command not in SUBCOMMANDS:
         import difflib
-        close = difflib.get_close_matches(args.command, list(SUBCOMMANDS), n=1)
-        p.error(f"unknown subcommand {args.command!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-    handler = resolve_handler(args.command)
-    if handler is None:
-        print(f"aurora-nb {args.command}: not built yet. It is planned (see DESIGN.md §8) but this version of "
-              f"aurora_nb does not implement it.", file=sys.stderr)
+        close = difflib.get_close_matches(top.command, list(SUBCOMMANDS), n=1)
+        p.error(f"unknown subcommand {top.command!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    if not is_built(top.command):
+        if {"-h", "--help"} & set(top.args): parse_subcommand(top.command, top.args)  # prints the planned interface, exits 0
+        print(f"aurora-nb {top.command}: not built yet. It is planned, but this version of aurora_nb does not implement it "
+              f"(`aurora-nb {top.command} -h` shows the planned options).", file=sys.stderr)
         return 2
-    try: return int(handler(args.args) or 0)
+    args = parse_subcommand(top.command, top.args)
+    from aurora_nb.config import ConfigError  # light: the config module needs only the standard library and PyYAML
+    try: return int(resolve_handler(top.command)(args) or 0)
     except ConfigError as e:
-        print(f"aurora-nb {args.command}: configuration error: {e}", file=sys.stderr)
+        print(f"aurora-nb {top.command}: configuration error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ __all__ = ['SPLITS', 'CSV_COLUMNS', 'NULL_PREFIXES', 'PROBLEM_KINDS', 'RefAVSDat
            'is_null_folder', 'read_metadata', 'RefAVSSample', 'read_samples', 'load_frames', 'load_masks',
            'resample_mono', 'load_audio', 'load_clip', 'RefAVSDataset', 'collate_clips', 'overlay_mask', 'show_clip',
            'whisper_log_mel', 'write_video_clip', 'load_video_clip', 'Problem', 'ValidationReport', 'validate_refavs',
-           'check_data_cli']
+           'check_data_main']
 
 # %% ../nbs/01_data.ipynb #d1imp2
 import av
@@ -422,14 +422,8 @@ def validate_refavs(root: str | Path,  # Ref-AVS root holding metadata.csv
     return report
 
 # %% ../nbs/01_data.ipynb #d1cli
-def check_data_cli(argv: list[str] | None = None) -> int:
-    "`aurora-nb check-data ROOT`: print every problem of a Ref-AVS folder and a summary; 0 when clean, 1 otherwise."
-    ap = argparse.ArgumentParser(prog="aurora-nb check-data", description="Validate a Ref-AVS folder (metadata.csv, media/, gt_mask/).")
-    ap.add_argument("root", metavar="ROOT", help="Ref-AVS root holding metadata.csv, media/ and gt_mask/")
-    ap.add_argument("--num-frames", type=int, default=10, help="frames and masks per clip (default 10)")
-    ap.add_argument("--min-audio-seconds", type=float, default=9.5, help="shorter audio is a problem (default 9.5)")
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = ap.parse_args(argv)
+def check_data_main(args: argparse.Namespace) -> int:
+    "Handler of `aurora-nb check-data ROOT`: print every problem of a Ref-AVS folder and a summary; 0 when clean, 1 otherwise."
     rep = validate_refavs(args.root, args.num_frames, args.min_audio_seconds, progress=not args.no_progress)
     for p in rep.problems: print(p)
     print(("OK " if rep.ok else "FAILED ") + rep.summary())

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 __all__ = ['COLOURS', 'CATEGORIES', 'UNSEEN_CATEGORIES', 'SEEN_CATEGORIES', 'CUE_TYPES', 'PITCH_WORDS', 'TIMBRE_WORDS',
            'RHYTHM_WORDS', 'Category', 'shape_mask', 'paint', 'category_sound', 'sounding_gate', 'render_clip',
            'show_sources', 'Predicate', 'clip_predicates', 'expressions_for', 'null_expressions',
-           'make_synthetic_refavs', 'read_annotations', 'row_objects', 'synthetic_corpus', 'synth_cli']
+           'make_synthetic_refavs', 'read_annotations', 'row_objects', 'synthetic_corpus', 'synth_main']
 
 # %% ../nbs/02_synth.ipynb #s2imp2
 import librosa
@@ -354,7 +354,7 @@ def make_synthetic_refavs(root: str | Path,  # output folder (created; must be e
     "Write a synthetic Ref-AVS benchmark (metadata.csv, media/, gt_mask/, annotations.json) into `root`; returns the annotations."
     root = Path(root); frames_n = 10
     if root.exists() and any(root.iterdir()):
-        if not overwrite: raise FileExistsError(f"{root}: folder is not empty (pass overwrite=True / --force to replace a benchmark)")
+        if not overwrite: raise FileExistsError(f"{root}: folder is not empty (pass overwrite=True to replace the benchmark in it)")
         for p in ("media", "gt_mask"): shutil.rmtree(root / p, ignore_errors=True)
         for p in ("metadata.csv", "annotations.json"): (root / p).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -461,33 +461,20 @@ def synthetic_corpus(root: str | Path | None = None) -> Iterator[str]:
     if root is not None: yield from read_metadata(root)["exp"].tolist()
 
 # %% ../nbs/02_synth.ipynb #s2clifn
-def synth_cli(argv: list[str] | None = None) -> int:
-    "`aurora-nb synth`: write a synthetic Ref-AVS benchmark; 0 on success, 2 on bad arguments or a non-empty folder."
-    ap = argparse.ArgumentParser(prog="aurora-nb synth", description="Write a synthetic Ref-AVS benchmark in the real on-disk layout.")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--videos", type=int, default=16, help="normal clips (default 16); null folders and the TODO clip come on top")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
-    ap.add_argument("--min-objects", type=int, default=2); ap.add_argument("--max-objects", type=int, default=3)
-    ap.add_argument("--expressions-per-object", type=int, default=2)
-    ap.add_argument("--sample-rate", type=int, default=16000, help="WAV rate of normal clips (default 16000)")
-    ap.add_argument("--channels", type=int, default=1, help="WAV channels of normal clips (default 1)")
-    ap.add_argument("--null-sample-rate", type=int, default=None, help="WAV rate of null folders (default: --sample-rate)")
-    ap.add_argument("--audio-subtype", default="PCM_16", choices=["PCM_16", "PCM_U8"], help="WAV sample format (default PCM_16)")
-    ap.add_argument("--jpeg-quality", type=int, default=90)
-    ap.add_argument("--real-audio", action="store_true", help="the real formats: 48 kHz stereo, null folders 44.1 kHz mono")
-    ap.add_argument("--null-fraction", type=float, default=0.25, help="share of train/val clips that also get a null folder")
-    ap.add_argument("--todo-videos", type=int, default=1); ap.add_argument("--null-test", type=int, default=None, help="test_n folders")
-    ap.add_argument("--force", action="store_true", help="replace an existing benchmark in --out")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+def synth_main(args: argparse.Namespace) -> int:
+    "Handler of `aurora-nb synth`: write a synthetic benchmark; 0 on success, 2 on bad arguments or a non-empty folder."
+    a = args
     if a.real_audio: a.sample_rate, a.channels, a.null_sample_rate = 48000, 2, 44100
+    def fail(msg): print(f"aurora-nb synth: error: {msg}", file=sys.stderr); return 2
+    if a.videos < 4: return fail(f"--videos {a.videos}: need at least 4 (one per train, val, test_s, test_u)")
     if a.min_objects < 1 or a.max_objects < a.min_objects or a.max_objects > 4:
-        print(f"aurora-nb synth: error: objects per clip must satisfy 1 <= min <= max <= 4 (got {a.min_objects}, {a.max_objects})", file=sys.stderr); return 2
+        return fail(f"--min-objects {a.min_objects} --max-objects {a.max_objects}: need 1 <= min <= max <= 4")
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()) and not a.force: return fail(f"{out}: folder is not empty (add --force to replace the benchmark in it)")
     try:
-        ann = make_synthetic_refavs(a.out, a.videos, a.seed, a.size, (a.min_objects, a.max_objects), a.expressions_per_object, a.sample_rate, a.channels,
-                                    a.null_sample_rate, 1, null_fraction=a.null_fraction, n_null_test=a.null_test, todo_videos=a.todo_videos, jpeg_quality=a.jpeg_quality, audio_subtype=a.audio_subtype, overwrite=a.force, progress=not a.no_progress)
-    except (FileExistsError, ValueError) as e:
-        print(f"aurora-nb synth: error: {e}", file=sys.stderr); return 2
+        ann = make_synthetic_refavs(out, a.videos, a.seed, a.size, (a.min_objects, a.max_objects), a.expressions_per_object, a.sample_rate, a.channels,
+                                    a.null_sample_rate, 1, null_fraction=a.null_fraction, n_null_test=a.null_test, todo_videos=a.todo_videos,
+                                    jpeg_quality=a.jpeg_quality, audio_subtype=a.audio_subtype, overwrite=a.force, progress=not a.no_progress)
+    except ValueError as e: return fail(e)
     print(f"wrote {a.out}: {len(ann['clips'])} media folders, {len(ann['rows'])} rows")
     return 0

@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from aurora_nb.data import (SPLITS, RefAVSDataError, RefAVSDataset, category_from_uid, check_data_cli, collate_clips,
+from aurora_nb.cli import main as aurora_nb_main
+from aurora_nb.data import (SPLITS, RefAVSDataError, RefAVSDataset, category_from_uid, collate_clips,
                             folder_from_uid, load_audio, load_video_clip, read_metadata, read_samples, validate_refavs,
                             whisper_log_mel, write_video_clip)
 from aurora_nb.synth import make_synthetic_refavs
@@ -278,11 +279,12 @@ def test_reports_all_problems_at_once(broken):
 
 
 def test_check_data_cli_exit_codes(small, broken, capsys):
-    assert check_data_cli([str(small), "--no-progress"]) == 0
+    check = lambda *a: aurora_nb_main(["check-data", *a])  # the console script's entry point; its parser lives in aurora_nb.cli
+    assert check(str(small), "--no-progress") == 0
     assert "OK" in capsys.readouterr().out
     _normal(broken).audio_path(broken).unlink()
-    assert check_data_cli([str(broken), "--no-progress"]) == 1
+    assert check(str(broken), "--no-progress") == 1
     out = capsys.readouterr().out
     assert "audio.wav" in out and "FAILED" in out
-    with pytest.raises(SystemExit) as e: check_data_cli([])
+    with pytest.raises(SystemExit) as e: check()
     assert e.value.code == 2

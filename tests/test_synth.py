@@ -8,8 +8,9 @@ import soundfile as sf
 from PIL import Image
 
 from aurora_nb.data import SPLITS, RefAVSDataset, read_metadata, validate_refavs
+from aurora_nb.cli import main as aurora_nb_main
 from aurora_nb.synth import (CATEGORIES, CUE_TYPES, SEEN_CATEGORIES, UNSEEN_CATEGORIES, clip_predicates, expressions_for,
-                             make_synthetic_refavs, read_annotations, synth_cli, synthetic_corpus)
+                             make_synthetic_refavs, read_annotations, synthetic_corpus)
 
 KW = dict(n_videos=6, size=32, sample_rate=8000)
 
@@ -129,13 +130,14 @@ def test_corpus_and_vocabulary(bench):
 
 
 def test_synth_cli_exit_codes(tmp_path, capsys):
-    assert synth_cli(["--out", str(tmp_path / "c"), "--videos", "4", "--size", "32", "--sample-rate", "8000", "--no-progress"]) == 0
+    synth = lambda *a: aurora_nb_main(["synth", *a])  # the console script's entry point; its parser lives in aurora_nb.cli
+    assert synth("--out", str(tmp_path / "c"), "--videos", "4", "--size", "32", "--sample-rate", "8000", "--no-progress") == 0
     assert "wrote" in capsys.readouterr().out and validate_refavs(tmp_path / "c", progress=False).ok
-    assert synth_cli(["--out", str(tmp_path / "c"), "--videos", "4", "--no-progress"]) == 2  # not empty
+    assert synth("--out", str(tmp_path / "c"), "--videos", "4", "--no-progress") == 2  # not empty
     assert "not empty" in capsys.readouterr().err
-    assert synth_cli(["--out", str(tmp_path / "d"), "--videos", "2", "--no-progress"]) == 2  # too few videos
-    assert synth_cli(["--out", str(tmp_path / "e"), "--min-objects", "3", "--max-objects", "2"]) == 2
-    with pytest.raises(SystemExit) as e: synth_cli([])
+    assert synth("--out", str(tmp_path / "d"), "--videos", "2", "--no-progress") == 2  # too few videos
+    assert synth("--out", str(tmp_path / "e"), "--min-objects", "3", "--max-objects", "2") == 2
+    with pytest.raises(SystemExit) as e: synth()
     assert e.value.code == 2
 
 

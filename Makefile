@@ -52,11 +52,11 @@ check-readme: install  ## fail if README.md differs from nbs/index.ipynb
 nbdev-test: install  ## run every notebook cell as a test (execnb)
 	$(BIN)/nbdev_test --do_print
 
+# tools/build_docs.py: nbdev's notebook processing, smalldocs for the pages (named as Quarto names them), maths as
+# MathML; `nbdev_docs` makes the published site from the same _quarto.yml with Quarto.
 docs: install  ## build the documentation site into _docs/ (offline, no Quarto needed)
 	@rm -rf _proc _docs
-	$(BIN)/python -c "import nbdev.quarto as q; q._ensure_quarto = lambda: None; q.nbdev_proc_nbs.__wrapped__()"
-	$(BIN)/smalldocs render _proc
-	@mv _proc/_docs _docs
+	$(BIN)/python tools/build_docs.py _docs
 	$(BIN)/python tools/check_docs.py _docs
 
 # nbval compares every stored notebook output; tests/ holds the end-to-end and parity tests.

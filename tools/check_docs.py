@@ -2,15 +2,77 @@
 
 Usage: python tools/check_docs.py _docs
 Fails (exit 1) naming the page when a notebook has no page, a page has no prose, a notebook with code has no
-rendered code block, or a notebook with stored outputs shows none of them.
+rendered code block, a notebook with stored outputs shows none of them, a page keeps raw LaTeX (`\\(`, `\\[`,
+`$$`: maths must be MathML), or a local link (`href`) points at a file or an `#anchor` that the site lacks.
+Pages are named as nbdev names them (`00_config.ipynb` -> `config.html`, or the notebook's `output-file`).
 """
 import html as html_lib
 import json
 import re
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+RAW_MATH = re.compile(r"\\\(|\\\[|\$\$")
+
+
+class _Page(HTMLParser):
+    "The ids, the local links (href) and the text outside code and scripts of one HTML page."
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.links, self.text, self._skip = set(), [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"): self.ids.add(a["id"])
+        if tag == "a" and a.get("name"): self.ids.add(a["name"])
+        if tag in ("a", "link") and a.get("href") is not None: self.links.append(a["href"])
+        if tag in ("code", "pre", "script", "style", "math"): self._skip += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("code", "pre", "script", "style", "math") and self._skip: self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip: self.text.append(data)
+
+
+def _parse(page: Path) -> _Page:
+    p = _Page(); p.feed(page.read_text(encoding="utf-8")); return p
+
+
+def page_name(nb_path: Path) -> str:
+    "The page nbdev (and Quarto) writes for a notebook: its `output-file`, else the name without the number prefix."
+    from nbdev.doclinks import _nbpath2html
+    cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
+    for c in cells[:2]:
+        m = re.search(r"^output-file:\s*(\S+)", "".join(c["source"]), re.M) if c["cell_type"] == "raw" else None
+        if m: return m.group(1)
+    return _nbpath2html(Path(nb_path.name)).name
+
+
+def check_pages(site: Path) -> list[str]:
+    "Raw maths, dead local links and missing anchors in every page of the site folder `site`."
+    problems, parsed = [], {}
+    pages = sorted(site.rglob("*.html"))
+    for page in pages: parsed[page.resolve()] = _parse(page)
+    for page in pages:
+        p, rel = parsed[page.resolve()], page.relative_to(site)
+        m = RAW_MATH.search("".join(p.text))
+        if m: problems.append(f"{site}/{rel}: raw maths {m.group(0)!r} left in the page (maths must be MathML)")
+        for href in sorted(set(p.links)):
+            u = urlsplit(href)
+            if u.scheme or u.netloc or href.startswith(("mailto:", "javascript:", "data:")): continue
+            target = (page.parent / unquote(u.path)).resolve() if u.path else page.resolve()
+            if u.path.endswith("/") or target.is_dir(): target = target / "index.html"
+            if not target.is_file():
+                problems.append(f"{site}/{rel}: dead link {href!r} (no file {u.path})"); continue
+            if u.fragment and target.suffix == ".html":
+                ids = parsed.get(target) or _parse(target)
+                if unquote(u.fragment) not in ids.ids:
+                    problems.append(f"{site}/{rel}: link {href!r}: no anchor #{u.fragment} in {target.name}")
+    return problems
 
 
 def _plain(text: str, unescape: bool = False) -> str:
@@ -24,7 +86,7 @@ def check_site(site: Path, nbs: Path = ROOT / "nbs") -> list[str]:
     problems = []
     if not (site / "index.html").is_file(): problems.append(f"{site}/index.html: missing (the landing page)")
     for nb_path in sorted(nbs.glob("*.ipynb")):
-        page = site / (nb_path.stem + ".html")
+        page = site / page_name(nb_path)
         if not page.is_file():
             problems.append(f"{page}: missing (no page for {nb_path.name})"); continue
         html = page.read_text(encoding="utf-8")
@@ -41,7 +103,7 @@ def check_site(site: Path, nbs: Path = ROOT / "nbs") -> list[str]:
             sample = _plain("".join(first).strip().split("\n")[0])[:30].strip()
             if sample and sample not in _plain(re.sub(r"<[^>]+>", "", html), unescape=True):
                 problems.append(f"{page}: stored output {sample!r} of {nb_path.name} is not rendered")
-    return problems
+    return problems + (check_pages(site) if site.is_dir() else [])
 
 
 def main(argv):

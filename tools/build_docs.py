@@ -43,6 +43,7 @@ def _styled(m) -> str:
 def tex_to_mathml(tex: str, display: bool) -> str:
     "MathML for the LaTeX `tex` (inline, or a block when `display`); raises ValueError naming the formula."
     from latex2mathml.converter import convert
+    tex = re.sub(r"\\\\\[[^\]]*\]", r"\\\\", tex)  # a row break with extra space (`\\[2ex]`): a plain row break
     try: out = convert(tex, display="block" if display else "inline")
     except Exception as e: raise ValueError(f"cannot convert the maths {tex!r}: {e}") from e
     return _MI_VARIANT.sub(_styled, out)

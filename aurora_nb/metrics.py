@@ -106,7 +106,7 @@ def f_curve_direct(probs: torch.Tensor,  # [H, W] float32 scores of one frame
                    gt: torch.Tensor,  # [H, W] GT, bool or {0, 1}
                    beta2: float = F_BETA2,
                   ) -> torch.Tensor:  # [255] float32
-    "One frame's F-curve computed literally as REFAVS.md §6.3: one pass per threshold."
+    "One frame's F-curve computed literally as the official code does, one pass per threshold (see the references chapter, section 'Evaluation protocol')."
     n = len(F_THRESHOLDS)
     y = gt.float()
     prec, rec = torch.zeros(n), torch.zeros(n)

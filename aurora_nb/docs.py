@@ -5,6 +5,7 @@
 # %% ../nbs/14_docs.ipynb #dc0imp
 from __future__ import annotations
 import dataclasses
+import importlib
 import inspect
 import math
 import re
@@ -16,8 +17,8 @@ from nbdev.processors import _def_names, _want_doc
 from nbdev.showdoc import BasicMarkdownRenderer
 
 # %% auto #0
-__all__ = ['WIDGET_MIME', 'STATIC_MIMES', 'config_table', 'DocRenderer', 'source_order', 'show_docs_in_source_order',
-           'static_widgets']
+__all__ = ['WIDGET_MIME', 'STATIC_MIMES', 'exported_class', 'config_table', 'DocRenderer', 'source_order',
+           'show_docs_in_source_order', 'static_widgets']
 
 # %% ../nbs/14_docs.ipynb #dc1val
 def _type_name(t) -> str:
@@ -39,11 +40,25 @@ def _cell(s: str) -> str:
     return " ".join(str(s).split()).replace("|", "\\|")
 
 # %% ../nbs/14_docs.ipynb #dc1tab
+def exported_class(cls: type) -> type:  # `cls`, or the same class from the module the library exports
+    "The class whose source can be read: nbdev defines exported classes again in a shell when it builds the docs."
+    try:
+        inspect.getsource(cls); return cls
+    except (OSError, TypeError): pass  # defined from a cell's code: find it in the library
+    from nbdev.config import get_config
+    try: syms = importlib.import_module(f"{get_config().lib_name}._modidx").d["syms"]
+    except (ImportError, KeyError, AttributeError): return cls
+    for modname, names in syms.items():
+        if f"{modname}.{cls.__qualname__}" in names:
+            return getattr(importlib.import_module(modname), cls.__qualname__, cls)
+    return cls
+
+
 def config_table(cls: type) -> str:  # a Markdown table, one row per field
     "The fields of dataclass `cls` as a table of field / type / default / meaning (the comment after the field)."
     if not (inspect.isclass(cls) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"config_table: expected a dataclass type, got {cls!r}")
-    dm = docments(cls, full=True)
+    dm = docments(exported_class(cls), full=True)
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         meaning = (dm.get(f.name) or {}).get("docment") or ""
@@ -77,7 +92,8 @@ class DocRenderer(BasicMarkdownRenderer):
         doc = "---\n\n"
         src = NbdevLookup().code(self.fn)
         if src and src.endswith("#LNone"):  # nbdev finds no line for a dataclass: ask inspect
-            src = src[:-len("None")] + str(inspect.getsourcelines(fn)[1])
+            try: src = src[:-len("None")] + str(inspect.getsourcelines(exported_class(fn))[1])
+            except (OSError, TypeError): src = src[:-len("#LNone")]
         if src: doc += f'[source]({src}){{target="_blank" style="float:right; font-size:smaller"}}\n\n'
         doc += f"{'#' * self.title_level} {self.nm}\n\n"
         if self.docs: doc += f"*{self.docs}*\n\n"

@@ -274,4 +274,10 @@ d = { 'settings': { 'branch': 'main',
                                  'aurora_nb.synth.show_sources': ('synth.html#show_sources', 'aurora_nb/synth.py'),
                                  'aurora_nb.synth.sounding_gate': ('synth.html#sounding_gate', 'aurora_nb/synth.py'),
                                  'aurora_nb.synth.synth_main': ('synth.html#synth_main', 'aurora_nb/synth.py'),
-                                 'aurora_nb.synth.synthetic_corpus': ('synth.html#synthetic_corpus', 'aurora_nb/synth.py')}}}
+                                 'aurora_nb.synth.synthetic_corpus': ('synth.html#synthetic_corpus', 'aurora_nb/synth.py')},
+            'aurora_nb.viz': { 'aurora_nb.viz.browse_eval': ('viz.html#browse_eval', 'aurora_nb/viz.py'),
+                               'aurora_nb.viz.eval_view': ('viz.html#eval_view', 'aurora_nb/viz.py'),
+                               'aurora_nb.viz.overlay_strip': ('viz.html#overlay_strip', 'aurora_nb/viz.py'),
+                               'aurora_nb.viz.plot_curves': ('viz.html#plot_curves', 'aurora_nb/viz.py'),
+                               'aurora_nb.viz.read_log_history': ('viz.html#read_log_history', 'aurora_nb/viz.py'),
+                               'aurora_nb.viz.score_bars': ('viz.html#score_bars', 'aurora_nb/viz.py')}}}

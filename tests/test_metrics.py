@@ -1,5 +1,5 @@
 """Metrics: hand-computed cases for every convention, fast F == direct F, the cv2 resize, streaming == batch,
-and parity with a literal re-statement of the official protocol (REFAVS.md §6)."""
+and parity with a literal re-statement of the official protocol (the references chapter, section "Evaluation protocol")."""
 import math
 
 import cv2
@@ -36,7 +36,7 @@ def masks(t, h, w, boxes=()):
     return g
 
 
-# ---------------------------------------------------------------- a literal re-statement of REFAVS.md §6
+# ---------------------------------------------------------------- a literal re-statement of the official protocol
 def ref_official(preds, gts, null=False):
     "Spec-literal official pipeline: cv2 BGR read path, batches of 4, (N,1,H,W) tensors, AverageMeter sums."
     js, fs, ss = 0.0, 0.0, []

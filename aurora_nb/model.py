@@ -7,24 +7,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 # %% auto #0
 __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SYSTEM_PROMPT', 'USER_PROMPT',
-           'TEACHER_ANSWER', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE',
-           'PROCESSOR_DIR', 'build_messages', 'teacher_answer', 'tokenizer_corpus', 'train_tiny_tokenizer',
-           'make_tiny_tokenizer', 'build_tokenizer', 'build_processor', 'videos_kwargs', 'llm_frame_indices',
-           'sam_resized_hw', 'sam_preprocess', 'masks_to_original', 'adapt_sam_image_size', 'seg_hidden_states',
-           'SegProjector', 'decode_masks', 'AuroraOutput', 'AuroraModel', 'thinker_config', 'build_thinker',
-           'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
-           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'lora_modules',
-           'weights_fingerprint', 'frame_key', 'SamEmbeddingCache', 'enable_embedding_cache', 'prepare_batch',
-           'model_inputs', 'Prediction', 'generate_answers', 'seg_states_from_generate', 'predict', 'save_pretrained',
-           'from_pretrained']
+           'TEACHER_ANSWER', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS', 'LORA_SCOPES', 'COMPONENTS', 'CONFIG_FILE',
+           'WEIGHTS_FILE', 'PROCESSOR_DIR', 'build_messages', 'teacher_answer', 'tokenizer_corpus',
+           'train_tiny_tokenizer', 'make_tiny_tokenizer', 'build_tokenizer', 'build_processor', 'videos_kwargs',
+           'llm_frame_indices', 'sam_resized_hw', 'sam_resize_uint8', 'sam_preprocess', 'masks_to_original',
+           'unpad_masks', 'adapt_sam_image_size', 'seg_hidden_states', 'SegProjector', 'decode_masks', 'AuroraOutput',
+           'mask_bce_loss', 'mask_dice_loss', 'size_mask', 'thinker_base', 'AuroraModel', 'thinker_config',
+           'build_thinker', 'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
+           'lora_target', 'master_weights_fp32', 'apply_trainable_policy', 'component_of', 'trainable_table',
+           'print_trainable', 'lora_modules', 'lora_summary', 'weights_fingerprint', 'weights_stamp', 'frame_key',
+           'SamEmbeddingCache', 'enable_embedding_cache', 'AuroraCollator', 'with_teacher_answers', 'prepare_batch',
+           'model_inputs', 'completion_logprobs', 'Prediction', 'answer_rows', 'generate_answers',
+           'seg_states_from_generate', 'predict', 'save_pretrained', 'from_pretrained']
 
 # %% ../nbs/04_model.ipynb #m4imp2
 import numpy as np
@@ -63,19 +67,21 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 # %% ../nbs/04_model.ipynb #m4prc
-SYSTEM_PROMPT = ("You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while "
-                 "being safe. If a question does not make any sense, or is not factually coherent, explain why "
-                 "instead of answering something not correct. If you don't know the answer to a question, please "
-                 "don't share false information.")
-USER_PROMPT = "The reference is: {exp} Please segment the corresponding object in the images."
+SYSTEM_PROMPT = ("<<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
+                 "while being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, "
+                 "dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive "
+                 "in nature.\nIf a question does not make any sense, or is not factually coherent, explain why instead "
+                 "of answering something not correct. If you don't know the answer to a question, please don't share "
+                 "false information.\n<</SYS>>")  # as released: Llama-2 wrapper, two spaces after "safe.", two line breaks
+USER_PROMPT = "\nThe reference is: {exp} Please segment the corresponding object in the images."  # follows the media
 TEACHER_ANSWER = "It is {category} [SEG]."  # stage-0 target (official `LISA_ref_distill.py`)
 
-def build_messages(expression: str,  # the referring expression (`exp` column)
+def build_messages(expression: str,  # the referring expression (`exp` column), used verbatim
                    system: str | None = SYSTEM_PROMPT,  # system message; None leaves it out
                   ) -> list[dict]:
-    "The chat of one sample: system text, then the user's video, audio and reference sentence."
+    "The chat of one sample: system text, then the user's video, audio, a line break and the reference sentence."
     user = {"role": "user", "content": [{"type": "video"}, {"type": "audio"},
-                                        {"type": "text", "text": USER_PROMPT.format(exp=expression.strip())}]}
+                                        {"type": "text", "text": USER_PROMPT.format(exp=expression)}]}
     return ([{"role": "system", "content": system}] if system else []) + [user]
 
 def teacher_answer(category: str) -> str:
@@ -179,15 +185,23 @@ def sam_resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
     scale = size / max(h, w)
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
+def sam_resize_uint8(frames: np.ndarray,  # uint8 RGB [T, H, W, 3]
+                     size: int,  # SAM input side
+                    ) -> np.ndarray:
+    "Longest side to `size` as the official `ResizeLongestSide.apply_image`: PIL bilinear on uint8 -> [T, h, w, 3] uint8."
+    from PIL import Image
+    frames = np.asarray(frames)
+    h, w = sam_resized_hw(frames.shape[1], frames.shape[2], size)
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames])
+
 def sam_preprocess(frames: np.ndarray | torch.Tensor,  # uint8 RGB [T, H, W, 3]
                    size: int,  # SAM input side (model.sam_image_size)
                   ) -> torch.Tensor:
-    "SAM input of the frames: longest side to `size`, SAM mean/std, zero-pad right and bottom -> [T, 3, size, size]."
-    x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
-    h, w = sam_resized_hw(x.shape[-2], x.shape[-1], size)
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    "SAM input of the frames: uint8 resize of the longest side to `size`, SAM mean/std, zero-pad right and bottom -> [T, 3, size, size]."
+    small = sam_resize_uint8(np.asarray(frames), size)  # [T, h, w, 3] uint8, as the official loader
+    x = torch.from_numpy(small).permute(0, 3, 1, 2).float()  # [T, 3, h, w]
     x = (x - torch.tensor(SAM_MEAN).view(1, 3, 1, 1)) / torch.tensor(SAM_STD).view(1, 3, 1, 1)
-    return F.pad(x, (0, size - w, 0, size - h))  # [T, 3, size, size]
+    return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))  # [T, 3, size, size]
 
 def masks_to_original(low_res: torch.Tensor,  # mask logits [..., h, w] from the decoder
                       size: int,  # SAM input side the frames were padded to
@@ -201,11 +215,17 @@ def masks_to_original(low_res: torch.Tensor,  # mask logits [..., h, w] from the
     x = F.interpolate(x[..., :h, :w], size=tuple(original_hw), mode="bilinear", align_corners=False)
     return x.reshape(*lead, *original_hw)  # [..., H, W] float32 logits
 
+def unpad_masks(masks: torch.Tensor,  # [B, T, Hmax, Wmax] logits padded right/bottom
+                mask_sizes: torch.Tensor,  # [B, 2] (H, W) of each sample
+               ) -> list[torch.Tensor]:
+    "Each sample's [T, H, W] masks at its own frame size."
+    return [m[:, :int(h), :int(w)] for m, (h, w) in zip(masks, mask_sizes.tolist())]
+
 # %% ../nbs/04_model.ipynb #m4adc
 def adapt_sam_image_size(sam: SamModel,  # a loaded SAM, modified in place
                          size: int,  # new input side in pixels
                         ) -> SamModel:
-    "Re-target `sam` to `size`-px inputs: abs pos-embed bicubic, global rel-pos tables linear, prompt grid."
+    "Re-target `sam` to `size`-px inputs: abs pos-embed and global rel-pos tables bicubic (official `build_sam.py`), prompt grid."
     vc, pc = sam.config.vision_config, sam.config.prompt_encoder_config
     if vc.image_size == size: return sam
     if size % vc.patch_size: raise ValueError(f"sam_image_size={size} is not a multiple of the SAM patch size {vc.patch_size}")
@@ -220,8 +240,9 @@ def adapt_sam_image_size(sam: SamModel,  # a loaded SAM, modified in place
             attn = enc.layers[i].attn
             if not getattr(attn, "use_rel_pos", False): continue
             for name in ("rel_pos_h", "rel_pos_w"):
-                t = getattr(attn, name)  # [2g-1, head_dim]
-                r = F.interpolate(t.data.float().T[None], size=2 * grid - 1, mode="linear", align_corners=False)[0].T
+                t = getattr(attn, name)  # [2g-1, head_dim]; as an image [1, 1, 2g-1, head_dim], bicubic along the length
+                r = F.interpolate(t.data.float()[None, None], size=(2 * grid - 1, t.shape[1]), mode="bicubic",
+                                  align_corners=False)[0, 0]
                 setattr(attn, name, nn.Parameter(r.to(t.dtype).contiguous(), requires_grad=t.requires_grad))
     vc.image_size = pc.image_size = size
     pc.image_embedding_size = grid
@@ -235,18 +256,17 @@ def adapt_sam_image_size(sam: SamModel,  # a loaded SAM, modified in place
 def seg_hidden_states(hidden: torch.Tensor,  # last-layer hidden states [B, L, d]
                       input_ids: torch.Tensor,  # the ids fed to the model [B, L]
                       seg_token_id: int,
-                      attention_mask: torch.Tensor | None = None,  # [B, L], 1 = real token; any padding side
+                      answer_mask: torch.Tensor,  # [B, L], 1 = answer token (labels != -100, or the completion span)
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    "The state at the last `[SEG]` of each row [B, d], and whether a row had one [B] (else its last real token)."
+    "The state at the last `[SEG]` of each row's answer [B, d], and whether it had one [B] (else the answer's last token)."
     B, L = input_ids.shape
     pos = torch.arange(L, device=input_ids.device).expand(B, L)
-    is_seg = input_ids == seg_token_id
-    if attention_mask is not None: is_seg = is_seg & attention_mask.bool()
-    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_seg)
-    last_seg = torch.where(is_seg, pos, -1).max(1).values  # [B]
-    last_real = torch.where(real, pos, -1).max(1).values  # [B]
+    ans = answer_mask.bool()
+    last_seg = torch.where((input_ids == seg_token_id) & ans, pos, -1).max(1).values  # [B]
+    last_ans = torch.where(ans, pos, -1).max(1).values  # [B]
+    if (last_ans < 0).any(): raise ValueError(f"rows {(last_ans < 0).nonzero().flatten().tolist()} have no answer token")
     found = last_seg >= 0
-    idx = torch.where(found, last_seg, last_real)
+    idx = torch.where(found, last_seg, last_ans)
     return hidden[torch.arange(B, device=hidden.device), idx], found
 
 # %% ../nbs/04_model.ipynb #m4projc
@@ -274,30 +294,108 @@ def decode_masks(sam: SamModel,
 @dataclasses.dataclass
 class AuroraOutput(ModelOutput):
     "What `AuroraModel.forward` returns."
-    loss: torch.Tensor | None = None  # LM cross-entropy over labelled (assistant) tokens
+    loss: torch.Tensor | None = None  # the training loss: ce·CE + bce·BCE + dice·Dice (CE alone without `gt_masks`)
+    ce_loss: torch.Tensor | None = None  # LM cross-entropy over the labelled (assistant) tokens
+    bce_loss: torch.Tensor | None = None  # mask BCE, mean over samples and frames (valid pixels only)
+    dice_loss: torch.Tensor | None = None  # mask Dice, mean over samples and frames (official formula)
     logits: torch.Tensor | None = None  # [B, L, V]
     seg_hidden: torch.Tensor | None = None  # last-layer state at [SEG] [B, d]
     seg_embeddings: torch.Tensor | None = None  # projected SAM prompts [B, C]
-    seg_found: torch.Tensor | None = None  # [B] bool: False where the row had no [SEG] (fallback used)
+    seg_found: torch.Tensor | None = None  # [B] bool: False where the answer had no [SEG] (its last token was used)
     low_res_masks: torch.Tensor | None = None  # [B, T, 4h, 4w] logits
-    mask_logits: torch.Tensor | None = None  # [B, T, H, W] logits at `mask_size` (or S×S without it)
+    mask_logits: torch.Tensor | None = None  # [B, T, Hmax, Wmax] float32 logits, sample b valid in [:h_b, :w_b] (S×S without sizes)
+    mask_sizes: torch.Tensor | None = None  # [B, 2] (H, W) of each sample's frames
+
+def mask_bce_loss(logits: torch.Tensor,  # [B, T, H, W] mask logits (padded)
+                  target: torch.Tensor,  # [B, T, H, W] {0, 1} masks (padded)
+                  valid: torch.Tensor,  # [B, 1, H, W] 1 inside each sample's frame
+                 ) -> torch.Tensor:
+    "Per-frame mean BCE over the valid pixels, averaged over frames and samples."
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none") * valid
+    return (bce.sum((-2, -1)) / valid.sum((-2, -1))).mean()
+
+def mask_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,  # as `mask_bce_loss`
+                   scale: float = 1000.0, eps: float = 1e-6) -> torch.Tensor:
+    "The official Dice: 1 - (2·Σ p/s·y + ε) / (Σ p/s + Σ y/s + ε) per frame, averaged over frames and samples."
+    p, y = logits.float().sigmoid() * valid, target.float() * valid
+    num = 2 * (p / scale * y).sum((-2, -1))
+    den = (p / scale).sum((-2, -1)) + (y / scale).sum((-2, -1))
+    return (1 - (num + eps) / (den + eps)).mean()
+
+def size_mask(mask_sizes: torch.Tensor,  # [B, 2] (H, W)
+              hw: tuple[int, int],  # padded (Hmax, Wmax)
+             ) -> torch.Tensor:
+    "[B, 1, Hmax, Wmax] float: 1 inside each sample's own frame size."
+    H, W = hw
+    rows = torch.arange(H, device=mask_sizes.device)[None, :, None] < mask_sizes[:, 0, None, None]
+    cols = torch.arange(W, device=mask_sizes.device)[None, None, :] < mask_sizes[:, 1, None, None]
+    return (rows & cols).float()[:, None]
 
 # %% ../nbs/04_model.ipynb #m4modc
 THINKER_INPUTS = ("pixel_values_videos", "video_grid_thw", "video_second_per_grid", "input_features",
-                  "feature_attention_mask", "pixel_values", "image_grid_thw", "position_ids", "rope_deltas")
+                  "feature_attention_mask", "pixel_values", "image_grid_thw")
+
+def thinker_base(model: AuroraModel):
+    "The thinker under any peft wrapper (`Qwen2_5OmniThinkerForConditionalGeneration`)."
+    t = model.thinker
+    return t.get_base_model() if hasattr(t, "get_base_model") else t
+
+def _alias_groups(module: nn.Module) -> list[list[str]]:
+    "Names that share one tensor (e.g. SAM's positional embedding, held by the model and its prompt encoder)."
+    groups: dict[int, list[str]] = {}
+    for n, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(t), []).append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+def _drop_aliases(module, state_dict, prefix, local_metadata):
+    "state_dict hook: keep one name per shared tensor, so safetensors (and `Trainer.save_model`) can write it."
+    for g in _alias_groups(module):
+        for n in g[1:]: state_dict.pop(prefix + n, None)
+    return state_dict
+
+def _fill_aliases(module, state_dict, prefix, *args):
+    "load_state_dict pre-hook: give the dropped alias names the tensor of the name that was kept."
+    for g in _alias_groups(module):
+        if prefix + g[0] in state_dict:
+            for n in g[1:]: state_dict.setdefault(prefix + n, state_dict[prefix + g[0]])
 
 class AuroraModel(nn.Module):
     "Qwen2.5-Omni thinker + `[SEG]` + projector + SAM prompt encoder and mask decoder."
+    supports_gradient_checkpointing = True
+
     def __init__(self, thinker, projector: SegProjector, sam: SamModel, tokenizer, processor, config: AuroraConfig):
         super().__init__()
         self.thinker, self.projector, self.sam = thinker, projector, sam
         self.tokenizer, self.processor, self.config = tokenizer, processor, config
         self.seg_token_id = tokenizer.convert_tokens_to_ids(config.model.seg_token)
         self.sam_image_size = config.model.sam_image_size
+        self.compute_dtype = getattr(torch, config.model.dtype)  # autocast dtype; trainable weights stay float32
+        st = config.stages.teacher
+        self.loss_weights = {"ce": st.ce_weight, "bce": st.bce_weight, "dice": st.dice_weight}  # a stage sets its own
         self.embedding_cache = None  # a SamEmbeddingCache, set by `enable_embedding_cache`
+        self._register_state_dict_hook(_drop_aliases)
+        self._register_load_state_dict_pre_hook(_fill_aliases, with_module=True)
 
     @property
-    def device(self) -> torch.device: return next(self.parameters()).device
+    def device(self) -> torch.device:
+        "Where inputs go: the device of the input embeddings (the first shard of a sharded model)."
+        return thinker_base(self).get_input_embeddings().weight.device
+
+    def autocast(self):
+        "Autocast to `model.dtype` on the model's device (a no-op for float32)."
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False):
+        "Activation checkpointing in the thinker's layers (what `Trainer(gradient_checkpointing=True)` calls)."
+        kw = activation_checkpointing_kwargs or {"use_reentrant": False}
+        thinker_base(self).activation_checkpointing_enable(kw, every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        "The older name of `activation_checkpointing_enable`."
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self): thinker_base(self).activation_checkpointing_disable()
 
     def image_embeddings(self, pixel_values: torch.Tensor,  # SAM inputs [B, T, 3, S, S]
                         ) -> torch.Tensor:
@@ -309,28 +407,70 @@ class AuroraModel(nn.Module):
             emb = enc(pixel_values=x).last_hidden_state  # [B*T, C, h, w]
         return emb.reshape(B, T, *emb.shape[1:])
 
+    def sam_embeddings(self, sam_pixel_values: torch.Tensor | None = None,  # [B, T, 3, S, S]
+                       sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w], used as given
+                       sam_frame_keys: list[list[str]] | None = None,  # frame hashes: look up the cache
+                      ) -> torch.Tensor:
+        "SAM frame embeddings [B, T, C, h, w]: given, from the cache (frozen encoder), or computed here."
+        if sam_image_embeddings is not None: return sam_image_embeddings.to(self.device)
+        if sam_pixel_values is None: raise ValueError("forward needs sam_pixel_values or sam_image_embeddings")
+        if self.embedding_cache is not None and sam_frame_keys is not None and not sam_encoder_trainable(self):
+            return self.embedding_cache.lookup(sam_frame_keys, sam_pixel_values).to(self.device)
+        return self.image_embeddings(sam_pixel_values)
+
     def forward(self, input_ids: torch.Tensor,  # [B, L] processor ids (placeholders expanded)
                 attention_mask: torch.Tensor | None = None,  # [B, L]
                 labels: torch.Tensor | None = None,  # [B, L], -100 outside the answer
+                answer_mask: torch.Tensor | None = None,  # [B, L] the answer span when there are no labels
+                pixel_values_videos: torch.Tensor | None = None,  # the processor's video patches
+                video_grid_thw: torch.Tensor | None = None,
+                video_second_per_grid: torch.Tensor | None = None,
+                input_features: torch.Tensor | None = None,  # Whisper log-mel [B, 128, frames]
+                feature_attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None,  # image patches (unused by Ref-AVS)
+                image_grid_thw: torch.Tensor | None = None,
                 sam_pixel_values: torch.Tensor | None = None,  # [B, T, 3, S, S]
-                sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w] (e.g. from the cache)
-                mask_size: tuple[int, int] | None = None,  # (H, W) of the original frames
-                **thinker_inputs,  # pixel_values_videos, video_grid_thw, input_features, ...
+                sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w]
+                sam_frame_keys: list[list[str]] | None = None,  # frame hashes for the embedding cache
+                mask_sizes: torch.Tensor | None = None,  # [B, 2] (H, W) of each sample's frames
+                gt_masks: torch.Tensor | None = None,  # [B, T, Hmax, Wmax] {0, 1}, padded right/bottom
                ) -> AuroraOutput:
-        "LM loss/logits, the [SEG] state and prompt, and the T mask logits of each sample."
-        out = self.thinker(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                           output_hidden_states=True, **thinker_inputs)
-        seg_h, found = seg_hidden_states(out.hidden_states[-1], input_ids, self.seg_token_id, attention_mask)
-        prompts = self.projector(seg_h.to(self.projector[0].weight.dtype))  # [B, C]
-        if sam_image_embeddings is None:
-            if sam_pixel_values is None: raise ValueError("forward needs sam_pixel_values or sam_image_embeddings")
-            sam_image_embeddings = self.image_embeddings(sam_pixel_values)
-        low = decode_masks(self.sam, prompts, sam_image_embeddings.to(self.device))  # [B, T, 4h, 4w]
+        "Losses, LM logits, the [SEG] state and prompt, and the T mask logits of each sample at its own size."
+        if labels is None and answer_mask is None:
+            raise ValueError("forward needs labels or answer_mask: [SEG] is searched in the answer only")
+        mm = dict(pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                  video_second_per_grid=video_second_per_grid, input_features=input_features,
+                  feature_attention_mask=feature_attention_mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+        with self.autocast():
+            out = self.thinker(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                               output_hidden_states=True, use_cache=False, **{k: v for k, v in mm.items() if v is not None})
+            ans = labels != -100 if labels is not None else answer_mask
+            seg_h, found = seg_hidden_states(out.hidden_states[-1], input_ids, self.seg_token_id, ans)
+            prompts = self.projector(seg_h)  # [B, C]
+            emb = self.sam_embeddings(sam_pixel_values, sam_image_embeddings, sam_frame_keys)
+            low = decode_masks(self.sam, prompts, emb)  # [B, T, 4h, 4w]
         S = self.sam_image_size
-        masks = (masks_to_original(low, S, tuple(mask_size)) if mask_size is not None
-                 else F.interpolate(low.float(), size=(S, S), mode="bilinear", align_corners=False))
-        return AuroraOutput(loss=out.loss, logits=out.logits, seg_hidden=seg_h, seg_embeddings=prompts,
-                            seg_found=found, low_res_masks=low, mask_logits=masks)
+        if mask_sizes is None:
+            masks = F.interpolate(low.float(), size=(S, S), mode="bilinear", align_corners=False)
+        else:
+            mask_sizes = torch.as_tensor(mask_sizes).reshape(-1, 2)
+            Hm, Wm = (int(v) for v in mask_sizes.max(0).values)
+            masks = low.new_zeros(*low.shape[:2], Hm, Wm, dtype=torch.float32)  # [B, T, Hmax, Wmax]
+            for b, (h, w) in enumerate(mask_sizes.tolist()):
+                masks[b, :, :h, :w] = masks_to_original(low[b], S, (h, w))
+        ce = out.loss.float() if out.loss is not None else None
+        bce = dice = None
+        loss = ce * self.loss_weights["ce"] if ce is not None else None
+        if gt_masks is not None:
+            if mask_sizes is None: raise ValueError("gt_masks need mask_sizes (the (H, W) of each sample)")
+            valid = size_mask(mask_sizes.to(masks.device), masks.shape[-2:])
+            gt = gt_masks.to(masks.device)
+            bce, dice = mask_bce_loss(masks, gt, valid), mask_dice_loss(masks, gt, valid)
+            mask_loss = self.loss_weights["bce"] * bce + self.loss_weights["dice"] * dice
+            loss = mask_loss if loss is None else loss + mask_loss
+        return AuroraOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=out.logits, seg_hidden=seg_h,
+                            seg_embeddings=prompts, seg_found=found, low_res_masks=low, mask_logits=masks,
+                            mask_sizes=mask_sizes)
 
 # %% ../nbs/04_model.ipynb #m4thc
 def thinker_config(m: ModelConfig, tokenizer) -> Qwen2_5OmniThinkerConfig:
@@ -416,6 +556,11 @@ def build_model(cfg: AuroraConfig,  # the run config; tiny and full differ only 
     return model
 
 # %% ../nbs/04_model.ipynb #m4polc
+LORA_SCOPES = {  # regexes over the thinker's module names (peft matches the whole name)
+    "official": r".*\.(language_model|audio_tower)\..*\.(q_proj|v_proj)",  # the released rule: every q/v but the vision tower's
+    "llm": r".*\.language_model\..*\.(q_proj|v_proj)",  # the language model only
+}
+
 def new_token_ids(model: AuroraModel) -> list[int]:
     "Ids of the tokens the method adds to the vocabulary (`[SEG]`)."
     return [model.seg_token_id]
@@ -424,8 +569,20 @@ def sam_encoder_trainable(model: AuroraModel) -> bool:
     "Whether any SAM image-encoder parameter requires grad."
     return any(p.requires_grad for p in model.sam.vision_encoder.parameters())
 
-def apply_trainable_policy(model: AuroraModel) -> AuroraModel:
-    "Set `requires_grad` (and wrap the thinker in peft LoRA) as `model.trainable` / `model.lora` say."
+def lora_target(m: ModelConfig) -> str:
+    "The LoRA target regex: `lora.target_modules` when set, else the rule of `lora.scope`."
+    return m.lora.target_modules or LORA_SCOPES[m.lora.scope]
+
+def master_weights_fp32(model: nn.Module) -> nn.Module:
+    "Keep every trainable parameter in float32 (frozen weights keep their dtype; compute runs under autocast)."
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32: p.data = p.data.float()
+    return model
+
+def apply_trainable_policy(model: AuroraModel,
+                           verbose: bool = True,  # print the adapted modules (start-up log)
+                          ) -> AuroraModel:
+    "Set `requires_grad` (and wrap the thinker in peft LoRA) as `model.trainable` / `model.lora` / `model.token_rows` say."
     m = model.config.model
     if m.trainable == "all":
         model.requires_grad_(True)
@@ -433,12 +590,19 @@ def apply_trainable_policy(model: AuroraModel) -> AuroraModel:
         model.requires_grad_(False)
         if m.lora.enabled:
             from peft import LoraConfig, get_peft_model
-            ids = new_token_ids(model)
-            rows = {"embed_tokens": ids}
-            if not model.thinker.config.text_config.tie_word_embeddings: rows["lm_head"] = ids
+            if m.token_rows == "full":
+                rows, save = None, ["embed_tokens", "lm_head"]  # official: both matrices train in full
+            else:
+                ids = new_token_ids(model)
+                rows, save = {"embed_tokens": ids}, None
+                if not model.thinker.config.text_config.tie_word_embeddings: rows["lm_head"] = ids
             lcfg = LoraConfig(r=m.lora.r, lora_alpha=m.lora.alpha, lora_dropout=m.lora.dropout,
-                              target_modules=m.lora.target_modules, trainable_token_indices=rows, task_type="CAUSAL_LM")
-            model.thinker = get_peft_model(model.thinker, lcfg)
+                              target_modules=lora_target(m), trainable_token_indices=rows, modules_to_save=save,
+                              task_type="CAUSAL_LM")
+            with warnings.catch_warnings():  # peft reads the deprecated `is_gradient_checkpointing` of transformers 5
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+                model.thinker = get_peft_model(model.thinker, lcfg)
+            if verbose: print(lora_summary(model))
         else:
             base = model.thinker
             base.model.language_model.requires_grad_(True)
@@ -446,7 +610,7 @@ def apply_trainable_policy(model: AuroraModel) -> AuroraModel:
         model.projector.requires_grad_(True)
         model.sam.mask_decoder.requires_grad_(True)
     if m.freeze_sam_encoder: model.sam.vision_encoder.requires_grad_(False)
-    return model
+    return master_weights_fp32(model)
 
 # %% ../nbs/04_model.ipynb #m4ptc
 COMPONENTS = ["vision", "audio", "LLM", "LoRA", "token rows", "projector", "SAM encoder", "prompt encoder", "mask decoder"]
@@ -454,7 +618,7 @@ COMPONENTS = ["vision", "audio", "LLM", "LoRA", "token rows", "projector", "SAM 
 def component_of(name: str) -> str:
     "The component a parameter name of `AuroraModel` belongs to (one of `COMPONENTS`)."
     if "lora_" in name: return "LoRA"
-    if "trainable_tokens" in name: return "token rows"
+    if "trainable_tokens" in name or "modules_to_save" in name: return "token rows"
     if name.startswith("projector."): return "projector"
     if name.startswith("sam."):
         if ".vision_encoder." in name: return "SAM encoder"
@@ -483,6 +647,13 @@ def lora_modules(model: nn.Module) -> list[str]:
     "Names of the modules that carry LoRA adapters (print them at start-up, as the method asks)."
     return [n for n, mod in model.named_modules() if hasattr(mod, "lora_A") and len(getattr(mod, "lora_A"))]
 
+def lora_summary(model: nn.Module) -> str:
+    "The adapted modules, layer numbers folded: one line per pattern with its count."
+    import re
+    from collections import Counter
+    pats = Counter(re.sub(r"\.\d+\.", ".*.", n.removeprefix("thinker.base_model.model.")) for n in lora_modules(model))
+    return "\n".join([f"LoRA on {sum(pats.values())} modules:"] + [f"  {p}  x{c}" for p, c in sorted(pats.items())])
+
 # %% ../nbs/04_model.ipynb #m4cachec
 def weights_fingerprint(module: nn.Module) -> str:
     "A 16-hex-digit hash of a module's parameters and buffers (names, shapes, dtypes, values)."
@@ -492,6 +663,10 @@ def weights_fingerprint(module: nn.Module) -> str:
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
+def weights_stamp(module: nn.Module) -> tuple:
+    "A cheap stamp that changes whenever a tensor of `module` is replaced or modified in place (`_version`)."
+    return tuple((id(t), t.data_ptr(), t._version) for t in [*module.parameters(), *module.buffers()])
+
 def frame_key(frame: np.ndarray) -> str:
     "A 24-hex-digit hash of one uint8 frame's pixels and shape."
     a = np.ascontiguousarray(frame)
@@ -500,31 +675,47 @@ def frame_key(frame: np.ndarray) -> str:
 class SamEmbeddingCache:
     "Per-frame SAM image embeddings on disk, keyed by frame pixels, encoder weights and input size."
     def __init__(self, model: AuroraModel, cache_dir: str | Path):
-        self.model = model
+        self.model, self.root = model, Path(cache_dir)
         self.size = model.sam_image_size
-        self.identity = weights_fingerprint(model.sam.vision_encoder)
-        self.dir = Path(cache_dir) / f"{self.identity}-{self.size}px"
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
+        self._stamp = None
+        self.refresh()
 
-    def path(self, frame: np.ndarray) -> Path: return self.dir / f"{frame_key(frame)}.pt"
+    def refresh(self) -> Path:
+        "Re-hash the encoder weights when they changed since the last call; the folder follows the hash."
+        stamp = weights_stamp(self.model.sam.vision_encoder)
+        if stamp != self._stamp:
+            self._stamp, self.identity = stamp, weights_fingerprint(self.model.sam.vision_encoder)
+            self.dir = self.root / f"{self.identity}-{self.size}px"
+            self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir
 
     @torch.no_grad()
-    def __call__(self, frames: np.ndarray,  # uint8 [T, H, W, 3]
-                ) -> torch.Tensor:
-        "Embeddings [T, C, h, w] of the frames, computing and storing only the missing ones."
-        paths = [self.path(f) for f in frames]
-        out: list = [torch.load(p, weights_only=True) if p.exists() else None for p in paths]
+    def lookup(self, keys: Sequence[Sequence[str]],  # frame_key of each frame [B][T]
+               pixel_values: torch.Tensor,  # their SAM inputs [B, T, 3, S, S], encoded only where missing
+              ) -> torch.Tensor:
+        "Embeddings [B, T, C, h, w] (on the CPU), computing and storing only the missing frames."
+        d = self.refresh()
+        B, T = pixel_values.shape[:2]
+        flat = [k for row in keys for k in row]
+        if len(flat) != B * T: raise ValueError(f"sam_frame_keys hold {len(flat)} keys for {B}x{T} frames")
+        out: list = [torch.load(d / f"{k}.pt", weights_only=True) if (d / f"{k}.pt").exists() else None for k in flat]
         miss = [i for i, e in enumerate(out) if e is None]
-        self.hits += len(frames) - len(miss); self.misses += len(miss)
+        self.hits += len(flat) - len(miss); self.misses += len(miss)
         if miss:
-            px = sam_preprocess(np.asarray(frames)[miss], self.size)[None]  # [1, M, 3, S, S]
+            px = pixel_values.reshape(B * T, *pixel_values.shape[2:])[miss][None]  # [1, M, 3, S, S]
             emb = self.model.image_embeddings(px)[0].cpu()  # [M, C, h, w]
             for j, i in enumerate(miss):
                 out[i] = emb[j].clone()
-                tmp = paths[i].with_suffix(f".tmp{os.getpid()}")
-                torch.save(out[i], tmp); os.replace(tmp, paths[i])  # atomic: safe with several workers
-        return torch.stack(out)
+                path = d / f"{flat[i]}.pt"
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                torch.save(out[i], tmp); os.replace(tmp, path)  # atomic: safe with several processes
+        return torch.stack(out).reshape(B, T, *out[0].shape)
+
+    def __call__(self, frames: np.ndarray,  # uint8 [T, H, W, 3]
+                ) -> torch.Tensor:
+        "Embeddings [T, C, h, w] of one clip's frames."
+        return self.lookup([[frame_key(f) for f in frames]], sam_preprocess(frames, self.size)[None])[0]
 
 def enable_embedding_cache(model: AuroraModel, cache_dir: str | Path | None = None) -> SamEmbeddingCache | None:
     "Attach a `SamEmbeddingCache` when `model.cache_sam_embeddings` is on and the SAM encoder is frozen."
@@ -536,51 +727,96 @@ def enable_embedding_cache(model: AuroraModel, cache_dir: str | Path | None = No
     return model.embedding_cache
 
 # %% ../nbs/04_model.ipynb #m4batchc
+@dataclasses.dataclass
+class AuroraCollator:
+    "Items -> a model batch on the CPU: processor tensors, labels, SAM inputs, frame keys and masks. Picklable; no model."
+    processor: Qwen2_5OmniProcessor  # the run's processor (`model.processor`)
+    config: AuroraConfig  # reads data.llm_frames / llm_max_pixels, model.sam_image_size / max_length
+    answer_key: str | None = "answer"  # item key of the assistant text; None builds left-padded generation prompts
+    check_length: bool = True  # raise when a row exceeds model.max_length (never cut silently)
+    frame_keys: bool = True  # hash the frames so the model step can use its SAM embedding cache
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        cfg, proc = self.config, self.processor
+        tok = proc.tokenizer
+        texts = [proc.apply_chat_template(build_messages(it["expression"]), add_generation_prompt=True, tokenize=False)
+                 for it in items]
+        answers = None
+        if self.answer_key is not None:
+            missing = [i for i, it in enumerate(items) if self.answer_key not in it]
+            if missing: raise KeyError(f"items {missing} have no {self.answer_key!r} (the assistant text the collator trains on)")
+            answers = [it[self.answer_key] for it in items]
+            texts = [t + a + "<|im_end|>" for t, a in zip(texts, answers)]
+        videos = [np.asarray(it["frames"])[llm_frame_indices(len(it["frames"]), cfg.data.llm_frames)] for it in items]
+        batch = dict(proc(text=texts, videos=videos, audio=[np.asarray(it["audio"], dtype=np.float32) for it in items],
+                          videos_kwargs=videos_kwargs(cfg), padding=True, return_tensors="pt",
+                          padding_side="right" if answers is not None else "left"))  # a call argument: no side effect
+        lengths = batch["attention_mask"].sum(1)
+        if self.check_length and (lengths > cfg.model.max_length).any():
+            rows = [(i, int(n)) for i, n in enumerate(lengths) if n > cfg.model.max_length]
+            raise ValueError(f"rows {rows} (row, tokens) are longer than model.max_length={cfg.model.max_length}; "
+                             "shorten the answer, lower data.llm_frames / data.llm_max_pixels or raise model.max_length")
+        if answers is not None:
+            labels = torch.full_like(batch["input_ids"], -100)
+            for b, a in enumerate(answers):
+                ans = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+                end = int(lengths[b])  # right padding: the row ends here
+                if batch["input_ids"][b, end - len(ans):end].tolist() != ans:
+                    raise ValueError(f"answer {a!r} of row {b} does not tokenise the same inside the chat")
+                labels[b, end - len(ans):end] = batch["input_ids"][b, end - len(ans):end]
+            batch["labels"] = labels
+        S = cfg.model.sam_image_size
+        batch["sam_pixel_values"] = torch.stack([sam_preprocess(it["frames"], S) for it in items])  # [B, T, 3, S, S]
+        if self.frame_keys: batch["sam_frame_keys"] = [[frame_key(f) for f in it["frames"]] for it in items]
+        sizes = torch.tensor([np.asarray(it["frames"]).shape[1:3] for it in items])  # [B, 2]
+        batch["mask_sizes"] = sizes
+        if all("masks" in it for it in items):
+            Hm, Wm = (int(v) for v in sizes.max(0).values)
+            gt = torch.zeros(len(items), len(items[0]["masks"]), Hm, Wm)  # [B, T, Hmax, Wmax], padded right/bottom
+            for b, it in enumerate(items):
+                m = torch.as_tensor(np.asarray(it["masks"])).float()
+                gt[b, :, :m.shape[-2], :m.shape[-1]] = m
+            batch["gt_masks"] = gt
+        return batch
+
+def with_teacher_answers(items: Sequence[dict]) -> list[dict]:
+    "Copies of `items` with `answer` = the teacher's `It is {category} [SEG].`"
+    return [{**it, "answer": teacher_answer(it["category"])} for it in items]
+
 def prepare_batch(model: AuroraModel,
                   items: Sequence[dict],  # RefAVSDataset items (or dicts of the same shape)
                   answers: Sequence[str] | None = None,  # assistant texts; None builds generation prompts
-                  check_length: bool = True,  # raise when a row exceeds model.max_length (never cut silently)
+                  check_length: bool = True,
                  ) -> dict:
-    "Processor tensors, labels, SAM inputs, `mask_size` and (when items have masks) `gt_masks` [B, T, H, W]."
-    cfg, proc, tok = model.config, model.processor, model.tokenizer
-    texts = [proc.apply_chat_template(build_messages(it["expression"]), add_generation_prompt=True, tokenize=False)
-             for it in items]
-    if answers is not None: texts = [t + a + "<|im_end|>" for t, a in zip(texts, answers)]
-    idx = llm_frame_indices(len(items[0]["frames"]), cfg.data.llm_frames)
-    tok.padding_side = "right" if answers is not None else "left"
-    batch = dict(proc(text=texts, videos=[np.asarray(it["frames"])[idx] for it in items],
-                      audio=[np.asarray(it["audio"], dtype=np.float32) for it in items],
-                      videos_kwargs=videos_kwargs(cfg), padding=True, return_tensors="pt"))
-    lengths = batch["attention_mask"].sum(1)
-    if check_length and (lengths > cfg.model.max_length).any():
-        rows = [(i, int(n)) for i, n in enumerate(lengths) if n > cfg.model.max_length]
-        raise ValueError(f"rows {rows} (row, tokens) are longer than model.max_length={cfg.model.max_length}; "
-                         "shorten the answer, lower data.llm_frames / data.llm_max_pixels or raise model.max_length")
-    if answers is not None:
-        labels = torch.full_like(batch["input_ids"], -100)
-        for b, a in enumerate(answers):
-            ans = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-            end = int(batch["attention_mask"][b].nonzero().max()) + 1
-            if batch["input_ids"][b, end - len(ans):end].tolist() != ans:
-                raise ValueError(f"answer {a!r} of row {b} does not tokenise the same inside the chat")
-            labels[b, end - len(ans):end] = batch["input_ids"][b, end - len(ans):end]
-        batch["labels"] = labels
-    sizes = {tuple(np.asarray(it["frames"]).shape[1:3]) for it in items}
-    if len(sizes) != 1: raise ValueError(f"a batch needs one frame size, got {sorted(sizes)}")
-    batch["mask_size"] = sizes.pop()
-    if model.embedding_cache is not None:
-        batch["sam_image_embeddings"] = torch.stack([model.embedding_cache(np.asarray(it["frames"])) for it in items])
-    else:
-        batch["sam_pixel_values"] = torch.stack([sam_preprocess(it["frames"], model.sam_image_size) for it in items])
-    if all("masks" in it for it in items):
-        batch["gt_masks"] = torch.stack([torch.as_tensor(np.asarray(it["masks"])).float() for it in items])
-    return batch
+    "A convenience over `AuroraCollator` for notebooks: the model's processor and config, the answers given here."
+    if answers is not None: items = [{**it, "answer": a} for it, a in zip(items, answers)]
+    return AuroraCollator(model.processor, model.config, "answer" if answers is not None else None, check_length)(items)
 
 def model_inputs(batch: dict, device=None) -> dict:
-    "The keys of `batch` that `AuroraModel.forward` takes, moved to `device`."
-    keep = {"input_ids", "attention_mask", "labels", "sam_pixel_values", "sam_image_embeddings", "mask_size",
-            *THINKER_INPUTS}
+    "The keys of `batch` that `AuroraModel.forward` takes, tensors moved to `device`."
+    keep = set(inspect.signature(AuroraModel.forward).parameters) - {"self"}
     return {k: (v.to(device) if device is not None and torch.is_tensor(v) else v) for k, v in batch.items() if k in keep}
+
+# %% ../nbs/04_model.ipynb #m4cheapc
+def completion_logprobs(model: AuroraModel,
+                        batch: dict,  # a collated batch (prompt + answer rows)
+                        completion_mask: torch.Tensor | None = None,  # [B, L] 1 = completion token; default labels != -100
+                       ) -> torch.Tensor:
+    "Log-probs [B, L] of the completion tokens (0 elsewhere): last hidden state only, `lm_head` only where needed."
+    base = thinker_base(model)
+    dev = model.device
+    ids = batch["input_ids"].to(dev)
+    comp = (batch["labels"] != -100 if completion_mask is None else completion_mask.bool()).to(dev)
+    mm = {k: batch[k].to(dev) for k in THINKER_INPUTS if k in batch}
+    with model.autocast():
+        h = base.model(input_ids=ids, attention_mask=batch["attention_mask"].to(dev), use_cache=False,
+                       **mm).last_hidden_state  # [B, L, d]: no all-layer states, no [B, L, V] logits
+        b, p = comp[:, 1:].nonzero(as_tuple=True)  # token p+1 is predicted at position p
+        logits = base.lm_head(h[b, p])  # [N, V]
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[b, p + 1, None])[:, 0]
+    out = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
+    out[b, p + 1] = lp
+    return out
 
 # %% ../nbs/04_model.ipynb #m4infc
 @dataclasses.dataclass
@@ -588,20 +824,34 @@ class Prediction:
     "One sample's inference result."
     text: str  # decoded answer (special tokens skipped; [SEG] kept)
     used_fallback: bool  # True when `eval.seg_fallback` had to be appended
-    mask_logits: torch.Tensor  # [T, H, W] logits at the original frame size
+    mask_logits: torch.Tensor  # [T, H, W] float32 logits at the item's original frame size
     seg_embedding: torch.Tensor  # [C] the SAM prompt
+    answer_ids: list[int] = dataclasses.field(default_factory=list)  # answer token ids (fallback included, no eos)
+
+def answer_rows(batch: dict,  # a left-padded generation batch
+                answer_ids: Sequence[Sequence[int]],  # per row, the ids to append
+                pad_id: int) -> dict:
+    "`input_ids`, `attention_mask` and `answer_mask` of prompt + answer rows, left-padded like the prompts."
+    rows, spans = [], []
+    for b, ids in enumerate(answer_ids):
+        prompt = batch["input_ids"][b][batch["attention_mask"][b].bool()].tolist()
+        rows.append(prompt + list(ids)); spans.append(len(ids))
+    L = max(map(len, rows))
+    out = {"input_ids": torch.tensor([[pad_id] * (L - len(r)) + r for r in rows]),
+           "attention_mask": torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])}
+    out["answer_mask"] = torch.tensor([[0] * (L - n) + [1] * n for n in spans])
+    return out
 
 @torch.no_grad()
 def generate_answers(model: AuroraModel, batch: dict, max_new_tokens: int | None = None, **gen_kwargs):
     "Greedy answers of a generation batch: (answer ids per row without eos, the raw `generate` output)."
     tok = model.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    inputs = {k: v for k, v in model_inputs(batch, model.device).items()
-              if k not in ("labels", "sam_pixel_values", "sam_image_embeddings", "mask_size")}
+    inputs = {k: v for k, v in model_inputs(batch, model.device).items() if k in ("input_ids", "attention_mask", *THINKER_INPUTS)}
     kw = dict(do_sample=False, max_new_tokens=max_new_tokens or model.config.eval.max_new_tokens, eos_token_id=eos,
               pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(MM_SUPPRESS))
     kw.update(gen_kwargs)
-    gen = model.thinker.generate(**inputs, **kw)
+    with model.autocast(): gen = model.thinker.generate(**inputs, **kw)
     seqs = gen.sequences if hasattr(gen, "sequences") else gen
     L = inputs["input_ids"].shape[1]
     answers = []
@@ -609,42 +859,62 @@ def generate_answers(model: AuroraModel, batch: dict, max_new_tokens: int | None
         answers.append(row[:row.index(eos)] if eos in row else row)
     return answers, gen
 
-def seg_states_from_generate(gen, prompt_mask: torch.Tensor,  # `generate` output (with hidden states), prompt mask [B, L]
+def seg_states_from_generate(gen, prompt_len: int,  # `generate(..., output_hidden_states=True)` output; prompt width L
+                             answer_ids: Sequence[Sequence[int]],  # generated ids per row (no eos)
                              seg_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "The [SEG] state read from `generate(..., output_hidden_states=True)` through `seg_hidden_states`."
+    "The state at the last [SEG] of each answer [B, d] and whether `generate` computed it [B] (never the prompt's)."
     # step 0 holds the prompt's states [B, L, d]; step k >= 1 the state of new token k-1 [B, 1, d]
     hidden = torch.cat([step[-1] for step in gen.hidden_states], 1)  # [B, L + n - 1, d]
-    ids = gen.sequences[:, :hidden.shape[1]]
-    mask = torch.cat([prompt_mask, torch.ones_like(ids[:, prompt_mask.shape[1]:])], 1)
-    return seg_hidden_states(hidden, ids, seg_token_id, mask)
+    B = hidden.shape[0]
+    idx, found = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+    for b, ids in enumerate(answer_ids):
+        if seg_token_id in ids:
+            pos = prompt_len + len(ids) - 1 - ids[::-1].index(seg_token_id)
+            if pos < hidden.shape[1]: idx[b], found[b] = pos, True  # the last new token's state is never computed
+    return hidden[torch.arange(B), idx.to(hidden.device)], found.to(hidden.device)
 
 @torch.no_grad()
 def predict(model: AuroraModel,
-            items: Sequence[dict],  # RefAVSDataset items
+            items: Sequence[dict],  # RefAVSDataset items; frame sizes may differ
             max_new_tokens: int | None = None,  # default: eval.max_new_tokens
+            **gen_kwargs,  # passed to `generate` (e.g. logits_processor)
            ) -> list[Prediction]:
-    "generate -> append the fallback where [SEG] is missing -> forward over prompt+answer -> T masks per item."
+    "Batched greedy answers; [SEG] states from `generate` (a thinker pass only for fallback rows); T masks per item."
     was_training = model.training
     model.eval()
-    tok = model.tokenizer
-    batch = prepare_batch(model, items)
-    answer_ids, _ = generate_answers(model, batch, max_new_tokens)
+    tok, dev = model.tokenizer, model.device
+    collate = AuroraCollator(model.processor, model.config, answer_key=None)
+    batch = collate(items)
+    answer_ids, gen = generate_answers(model, batch, max_new_tokens, return_dict_in_generate=True,
+                                       output_hidden_states=True, **gen_kwargs)
+    states, found = seg_states_from_generate(gen, batch["input_ids"].shape[1], answer_ids, model.seg_token_id)
+    del gen
     fb_ids = tok(model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
     space = tok(" " + model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
-    rows, texts, fallback = [], [], []
-    for b, ids in enumerate(answer_ids):
-        fb = model.seg_token_id not in ids
-        ids = ids + ((space if ids else fb_ids) if fb else [])
-        prompt = batch["input_ids"][b][batch["attention_mask"][b].bool()].tolist()
-        rows.append(prompt + ids); texts.append(tok.decode(ids, skip_special_tokens=True)); fallback.append(fb)
-    L = max(map(len, rows))  # left padding, as for generation: the rope index follows the attention mask
-    full = dict(batch)
-    full["input_ids"] = torch.tensor([[tok.pad_token_id] * (L - len(r)) + r for r in rows])
-    full["attention_mask"] = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
-    out = model(**model_inputs(full, model.device))
+    fallback = [model.seg_token_id not in ids for ids in answer_ids]
+    answer_ids = [ids + ((space if ids else fb_ids) if fb else []) for ids, fb in zip(answer_ids, fallback)]
+    redo = [b for b in range(len(items)) if not found[b]]  # fallback rows (and a [SEG] that came last)
+    if redo:
+        sub = collate([items[b] for b in redo])
+        rows = answer_rows(sub, [answer_ids[b] for b in redo], tok.pad_token_id)
+        mm = {k: sub[k].to(dev) for k in THINKER_INPUTS if k in sub}
+        with model.autocast():
+            h = thinker_base(model).model(input_ids=rows["input_ids"].to(dev), attention_mask=rows["attention_mask"].to(dev),
+                                          use_cache=False, **mm).last_hidden_state  # [R, L', d]
+        st, _ = seg_hidden_states(h, rows["input_ids"].to(dev), model.seg_token_id, rows["answer_mask"].to(dev))
+        states = states.clone(); states[redo] = st.to(states.dtype)
+    with model.autocast():
+        prompts = model.projector(states)  # [B, C]
+        emb = model.sam_embeddings(batch["sam_pixel_values"], None, batch.get("sam_frame_keys"))
+        low = decode_masks(model.sam, prompts, emb)  # [B, T, 4h, 4w]
     model.train(was_training)
-    return [Prediction(text=t, used_fallback=f, mask_logits=out.mask_logits[b].cpu(),
-                       seg_embedding=out.seg_embeddings[b].cpu()) for b, (t, f) in enumerate(zip(texts, fallback))]
+    preds = []
+    for b, it in enumerate(items):
+        h, w = batch["mask_sizes"][b].tolist()
+        preds.append(Prediction(text=tok.decode(answer_ids[b], skip_special_tokens=True), used_fallback=fallback[b],
+                                mask_logits=masks_to_original(low[b], model.sam_image_size, (h, w)).cpu(),
+                                seg_embedding=prompts[b].float().cpu(), answer_ids=list(answer_ids[b])))
+    return preds
 
 # %% ../nbs/04_model.ipynb #m4savec
 CONFIG_FILE, WEIGHTS_FILE, PROCESSOR_DIR = "aurora_config.yaml", "model.safetensors", "processor"

@@ -1,7 +1,8 @@
 """SAM image-embedding cache: one training epoch of the tiny model with its SAM encoder frozen, without and with the cache.
 
-Each epoch is a plain loop over the clips (batch of 2): prepare_batch (processor + SAM input or cached embeddings),
-forward, CE + 2*BCE on the masks, backward, AdamW. The cached run is timed twice: the first epoch fills the cache
+Each epoch is a plain loop over the clips (batch of 2): the CPU collator (processor, SAM pixel values, frame keys),
+the model step's SAM embeddings (cache lookup, or the frozen encoder), forward (CE + 2 BCE + 0.5 Dice), backward,
+AdamW. The SAM-input column times only the embedding step, which the cache replaces. The cached run is timed twice: the first epoch fills the cache
 (cold), the second reads it (warm) -- the situation of every later epoch, stage and evaluation. All three runs
 happen in this one process, side by side, so the ratios are comparable.
 
@@ -18,13 +19,11 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PAR
     os.environ.setdefault(k, v)
 
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 
 from aurora_nb.config import get_config
 from aurora_nb.data import RefAVSDataset
-from aurora_nb.model import (build_model, enable_embedding_cache, model_inputs, prepare_batch, sam_preprocess,
-                             teacher_answer)
+from aurora_nb.model import AuroraCollator, build_model, enable_embedding_cache, model_inputs, with_teacher_answers
 
 
 def load_items(root: Path, split: str, n: int) -> list[dict]:
@@ -40,25 +39,19 @@ def load_items(root: Path, split: str, n: int) -> list[dict]:
 def epoch(model, items: list[dict], batch_size: int, opt) -> tuple[float, float]:
     "Seconds for one pass of forward + backward + AdamW over `items`, and the part spent getting SAM embeddings."
     model.train()
+    collate = AuroraCollator(model.processor, model.config)  # CPU only: tokens, SAM pixel values, frame keys
     t0, sam_s = time.perf_counter(), 0.0
     for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
-        store, model.embedding_cache = model.embedding_cache, None  # text/audio/video inputs only
-        batch = prepare_batch(model, chunk, answers=[teacher_answer(it["category"]) for it in chunk])
-        model.embedding_cache = store
+        batch = collate(with_teacher_answers(items[i:i + batch_size]))
         inputs = model_inputs(batch)
-        inputs.pop("sam_pixel_values")
+        px, keys = inputs.pop("sam_pixel_values"), inputs.pop("sam_frame_keys")
         t1 = time.perf_counter()
-        if store is None:  # encode the frames (SAM preprocessing + frozen encoder, no grad), as forward would
-            px = torch.stack([sam_preprocess(it["frames"], model.sam_image_size) for it in chunk])
-            with torch.no_grad(): inputs["sam_image_embeddings"] = model.image_embeddings(px)
-        else:  # read (or fill) the cache, as prepare_batch does
-            inputs["sam_image_embeddings"] = torch.stack([store(it["frames"]) for it in chunk])
+        with torch.no_grad():  # what forward's model step does: read (or fill) the cache, else run the frozen encoder
+            inputs["sam_image_embeddings"] = model.sam_embeddings(px, None, keys)
         sam_s += time.perf_counter() - t1
-        out = model(**inputs)
-        loss = out.loss + 2 * F.binary_cross_entropy_with_logits(out.mask_logits, batch["gt_masks"])
+        out = model(**inputs)  # loss = CE + 2 BCE + 0.5 Dice
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out.loss.backward()
         opt.step()
     return time.perf_counter() - t0, sam_s
 

@@ -499,3 +499,23 @@ def test_committed_tokenizer_is_what_make_tiny_tokenizer_builds(tmp_path, repo_r
     committed = json.loads((repo_root / "data" / "tokenizer" / "tokenizer.json").read_text())
     assert built["model"] == committed["model"] and built["added_tokens"] == committed["added_tokens"], \
         "data/tokenizer is stale: rebuild it with aurora_nb.model.make_tiny_tokenizer('data/tokenizer')"
+
+
+def test_trainer_checkpoint_resume_with_activation_checkpointing(tmp_path):
+    "The released policy under a Trainer with activation checkpointing: checkpoint-1 is written and resumed exactly."
+    from transformers import Trainer, TrainingArguments
+    items = with_teacher_answers([make_item(i) for i in range(2)])
+
+    def trainer(seed):
+        model = build_model(get_config("tiny", {"model.trainable": "lora", "model.freeze_sam_encoder": True, "seed": seed}))
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
+                                 report_to=[], use_cpu=True, save_strategy="steps", save_steps=1, logging_strategy="no",
+                                 remove_unused_columns=False, seed=0, activation_checkpointing=True)
+        return Trainer(model=model, args=args, train_dataset=items, data_collator=AuroraCollator(model.processor, model.config))
+    t1 = trainer(0)
+    t1.train()
+    assert t1.model.thinker.get_base_model().is_activation_checkpointing
+    t2 = trainer(1)  # other random weights, replaced by the checkpoint's
+    t2.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))  # already at max_steps: loads, trains nothing
+    for (n, a), (_, b) in zip(t1.model.state_dict().items(), t2.model.state_dict().items()):
+        assert torch.equal(a, b), n

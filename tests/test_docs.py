@@ -163,3 +163,19 @@ def test_the_landing_page_is_honest_and_its_diagram_fits():
     assert "6.5–7 GB" in text and "not built yet" in text and "in progress" in text
     diagram = text.split("## What AURORA does", 1)[1].split("```", 2)[1]
     assert max(len(l) for l in diagram.splitlines()) <= 72, "the pipeline diagram is wider than the text column"
+
+
+def test_a_widget_output_is_not_required_as_text(tmp_path):
+    "A widget's text/plain is its repr (`VBox(children=…`); the page shows its static view instead."
+    nbs, site = tmp_path / "nbs", tmp_path / "site"
+    nbs.mkdir(); site.mkdir()
+    widget = {"output_type": "execute_result", "execution_count": 1, "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": ["VBox(children=(…"],
+                       "text/html": ["<img>"]}}
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# A chapter"]},
+                    {"cell_type": "code", "metadata": {}, "execution_count": 1, "source": ["browse()"], "outputs": [widget]}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (nbs / "00_a.ipynb").write_text(json.dumps(nb))
+    (site / "index.html").write_text("<html></html>")
+    (site / "a.html").write_text("<h1>A chapter</h1><pre>browse()</pre><img>")
+    assert check_docs.check_site(site, nbs) == []

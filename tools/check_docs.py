@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 RAW_MATH = re.compile(r"\\\(|\\\[|\$\$")
 
 
@@ -97,7 +98,8 @@ def check_site(site: Path, nbs: Path = ROOT / "nbs") -> list[str]:
         visible = [c for c in cells if c["cell_type"] == "code" and not "".join(c["source"]).lstrip().startswith(("#| hide", "#|hide"))]
         if visible and "<pre" not in html and "sourceCode" not in html:
             problems.append(f"{page}: {nb_path.name} has code cells but the page shows no code")
-        outs = [o for c in visible for o in c.get("outputs", []) if o.get("output_type") in ("stream", "execute_result")]
+        outs = [o for c in visible for o in c.get("outputs", []) if o.get("output_type") in ("stream", "execute_result")
+                and WIDGET_MIME not in o.get("data", {})]  # a widget's text/plain is its repr: the page shows its static view
         if outs:
             first = outs[0].get("text", "") or outs[0].get("data", {}).get("text/plain", "")
             sample = _plain("".join(first).strip().split("\n")[0])[:30].strip()

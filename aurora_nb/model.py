@@ -8,27 +8,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SYSTEM_PROMPT', 'USER_PROMPT',
-           'TEACHER_ANSWER', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS', 'LORA_SCOPES', 'COMPONENTS', 'CONFIG_FILE',
-           'WEIGHTS_FILE', 'PROCESSOR_DIR', 'build_messages', 'teacher_answer', 'tokenizer_corpus',
-           'train_tiny_tokenizer', 'make_tiny_tokenizer', 'build_tokenizer', 'build_processor', 'videos_kwargs',
-           'llm_frame_indices', 'sam_resized_hw', 'sam_resize_uint8', 'sam_preprocess', 'masks_to_original',
-           'unpad_masks', 'adapt_sam_image_size', 'seg_hidden_states', 'SegProjector', 'decode_masks', 'AuroraOutput',
-           'mask_bce_loss', 'mask_dice_loss', 'size_mask', 'thinker_base', 'AuroraModel', 'thinker_config',
-           'build_thinker', 'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
-           'lora_target', 'master_weights_fp32', 'apply_trainable_policy', 'component_of', 'trainable_table',
-           'print_trainable', 'lora_modules', 'lora_summary', 'weights_fingerprint', 'weights_stamp', 'frame_key',
-           'SamEmbeddingCache', 'enable_embedding_cache', 'AuroraCollator', 'with_teacher_answers', 'prepare_batch',
-           'model_inputs', 'completion_logprobs', 'Prediction', 'answer_rows', 'generate_answers',
-           'seg_states_from_generate', 'predict', 'save_pretrained', 'from_pretrained']
+__all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS',
+           'LORA_SCOPES', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE', 'PROCESSOR_DIR', 'build_tokenizer',
+           'build_processor', 'videos_kwargs', 'llm_frame_indices', 'sam_resized_hw', 'sam_resize_uint8',
+           'sam_preprocess', 'masks_to_original', 'unpad_masks', 'adapt_sam_image_size', 'seg_hidden_states',
+           'SegProjector', 'decode_masks', 'AuroraOutput', 'mask_bce_loss', 'mask_dice_loss', 'size_mask',
+           'thinker_base', 'AuroraModel', 'thinker_config', 'build_thinker', 'sam_config', 'build_segmenter',
+           'build_model', 'new_token_ids', 'sam_encoder_trainable', 'lora_target', 'master_weights_fp32',
+           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'lora_modules',
+           'lora_summary', 'weights_fingerprint', 'weights_stamp', 'frame_key', 'SamEmbeddingCache',
+           'enable_embedding_cache', 'AuroraCollator', 'prepare_batch', 'model_inputs', 'completion_logprobs',
+           'Prediction', 'answer_rows', 'generate_answers', 'seg_states_from_generate', 'predict', 'save_pretrained',
+           'from_pretrained']
 
 # %% ../nbs/04_model.ipynb #m4imp2
 import numpy as np
@@ -43,7 +40,6 @@ from transformers.utils import ModelOutput
 
 # %% ../nbs/04_model.ipynb #m4imp3
 from .config import AuroraConfig, ModelConfig, get_config, resolve_path, save_config
-from .synth import CATEGORIES, make_synthetic_refavs, synthetic_corpus
 
 # %% ../nbs/04_model.ipynb #m4tokc
 QWEN_OMNI_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -66,72 +62,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-# %% ../nbs/04_model.ipynb #m4prc
-SYSTEM_PROMPT = ("<<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
-                 "while being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, "
-                 "dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive "
-                 "in nature.\nIf a question does not make any sense, or is not factually coherent, explain why instead "
-                 "of answering something not correct. If you don't know the answer to a question, please don't share "
-                 "false information.\n<</SYS>>")  # as released: Llama-2 wrapper, two spaces after "safe.", two line breaks
-USER_PROMPT = "\nThe reference is: {exp} Please segment the corresponding object in the images."  # follows the media
-TEACHER_ANSWER = "It is {category} [SEG]."  # stage-0 target (official `LISA_ref_distill.py`)
-
-def build_messages(expression: str,  # the referring expression (`exp` column), used verbatim
-                   system: str | None = SYSTEM_PROMPT,  # system message; None leaves it out
-                  ) -> list[dict]:
-    "The chat of one sample: system text, then the user's video, audio, a line break and the reference sentence."
-    user = {"role": "user", "content": [{"type": "video"}, {"type": "audio"},
-                                        {"type": "text", "text": USER_PROMPT.format(exp=expression)}]}
-    return ([{"role": "system", "content": system}] if system else []) + [user]
-
-def teacher_answer(category: str) -> str:
-    "The reasoning-free teacher's answer: `It is {category} [SEG].`"
-    return TEACHER_ANSWER.format(category=category)
-
-# %% ../nbs/04_model.ipynb #m4corp
-def tokenizer_corpus(root: str | Path | None = None,  # synthetic Ref-AVS root; None skips the generated text
-                    ) -> list[str]:
-    "Text the tiny BPE is trained on: prompts, teacher answers and the synthetic benchmark's own text."
-    texts = [SYSTEM_PROMPT, USER_PROMPT.format(exp=""), "It is [SEG].", "The target is null. It is [SEG].",
-             "Wait, let me reconsider"]
-    texts += [teacher_answer(c) for c in CATEGORIES] + [f"The target is {c}." for c in CATEGORIES]
-    if root is not None: texts += list(synthetic_corpus(root))
-    return texts
-
-def train_tiny_tokenizer(corpus: Iterable[str],  # training text
-                         out_dir: str | Path | None = None,  # save here when given
-                         vocab_size: int = 512,  # BPE merges + byte alphabet, before the special tokens
-                         seg_token: str = "[SEG]",
-                        ) -> Qwen2Tokenizer:
-    "A byte-level BPE on `corpus` in `Qwen2Tokenizer`, Qwen2.5-Omni specials pinned, `seg_token` after them."
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=[], show_progress=False)
-    bpe.train_from_iterator(list(corpus), trainer=trainer)
-    vocab = bpe.get_vocab()
-    vocab.update({t: len(vocab) + i for i, t in enumerate(QWEN_OMNI_SPECIALS + [seg_token])})  # pinned ids
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(bpe.to_str())["model"]["merges"]]
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>",
-                         pad_token="<|endoftext|>", extra_special_tokens=MODALITY_TOKENS)
-    tok.add_special_tokens({"additional_special_tokens": QWEN_OMNI_SPECIALS}, replace_extra_special_tokens=False)
-    tok.add_tokens([seg_token], special_tokens=False)  # non-special: survives skip_special_tokens decoding
-    tok.chat_template = CHAT_TEMPLATE
-    if out_dir is not None: tok.save_pretrained(str(out_dir))
-    return tok
-
-# %% ../nbs/04_model.ipynb #m4mktok
-def make_tiny_tokenizer(out_dir: str | Path | None = None,  # save here (the committed one is data/tokenizer)
-                        seed: int = 0,  # seed of the synthetic benchmark whose text is the corpus
-                        n_videos: int = 16,  # clips of that benchmark
-                        vocab_size: int = 512,
-                       ) -> Qwen2Tokenizer:
-    "The tiny preset's tokenizer, reproducibly: BPE on `tokenizer_corpus` of a freshly generated synthetic benchmark."
-    with tempfile.TemporaryDirectory() as d:
-        make_synthetic_refavs(Path(d) / "synth", n_videos=n_videos, seed=seed)
-        return train_tiny_tokenizer(tokenizer_corpus(Path(d) / "synth"), out_dir, vocab_size=vocab_size)
-
 # %% ../nbs/04_model.ipynb #m4btok
 def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinker) and model.seg_token
                    ) -> Qwen2Tokenizer:
@@ -142,7 +72,7 @@ def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinke
     path = resolve_path(src)
     if m.tokenizer and not path.is_dir():
         raise FileNotFoundError(f"model.tokenizer={m.tokenizer!r}: no such folder (looked at {path.resolve()}); "
-                                f"build it with aurora_nb.model.make_tiny_tokenizer({m.tokenizer!r})")
+                                f"build it with aurora_nb.cot.make_tiny_tokenizer({m.tokenizer!r})")
     tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else src)
     if m.seg_token not in tok.get_vocab(): tok.add_tokens([m.seg_token], special_tokens=False)
     missing = {k: v for k, v in MODALITY_TOKENS.items() if getattr(tok, k, None) is None}
@@ -735,11 +665,12 @@ class AuroraCollator:
     answer_key: str | None = "answer"  # item key of the assistant text; None builds left-padded generation prompts
     check_length: bool = True  # raise when a row exceeds model.max_length (never cut silently)
     frame_keys: bool = True  # hash the frames so the model step can use its SAM embedding cache
+    build_messages: Callable[[str], list] = dataclasses.field(kw_only=True)  # expression -> chat messages (`aurora_nb.cot.build_messages`)
 
     def __call__(self, items: Sequence[dict]) -> dict:
         cfg, proc = self.config, self.processor
         tok = proc.tokenizer
-        texts = [proc.apply_chat_template(build_messages(it["expression"]), add_generation_prompt=True, tokenize=False)
+        texts = [proc.apply_chat_template(self.build_messages(it["expression"]), add_generation_prompt=True, tokenize=False)
                  for it in items]
         answers = None
         if self.answer_key is not None:
@@ -779,18 +710,16 @@ class AuroraCollator:
             batch["gt_masks"] = gt
         return batch
 
-def with_teacher_answers(items: Sequence[dict]) -> list[dict]:
-    "Copies of `items` with `answer` = the teacher's `It is {category} [SEG].`"
-    return [{**it, "answer": teacher_answer(it["category"])} for it in items]
-
 def prepare_batch(model: AuroraModel,
                   items: Sequence[dict],  # RefAVSDataset items (or dicts of the same shape)
                   answers: Sequence[str] | None = None,  # assistant texts; None builds generation prompts
                   check_length: bool = True,
+                  *, build_messages: Callable[[str], list],  # expression -> chat messages (`aurora_nb.cot.build_messages`)
                  ) -> dict:
     "A convenience over `AuroraCollator` for notebooks: the model's processor and config, the answers given here."
     if answers is not None: items = [{**it, "answer": a} for it, a in zip(items, answers)]
-    return AuroraCollator(model.processor, model.config, "answer" if answers is not None else None, check_length)(items)
+    return AuroraCollator(model.processor, model.config, "answer" if answers is not None else None, check_length,
+                          build_messages=build_messages)(items)
 
 def model_inputs(batch: dict, device=None) -> dict:
     "The keys of `batch` that `AuroraModel.forward` takes, tensors moved to `device`."
@@ -877,13 +806,14 @@ def seg_states_from_generate(gen, prompt_len: int,  # `generate(..., output_hidd
 def predict(model: AuroraModel,
             items: Sequence[dict],  # RefAVSDataset items; frame sizes may differ
             max_new_tokens: int | None = None,  # default: eval.max_new_tokens
+            *, build_messages: Callable[[str], list],  # expression -> chat messages (`aurora_nb.cot.build_messages`)
             **gen_kwargs,  # passed to `generate` (e.g. logits_processor)
            ) -> list[Prediction]:
     "Batched greedy answers; [SEG] states from `generate` (a thinker pass only for fallback rows); T masks per item."
     was_training = model.training
     model.eval()
     tok, dev = model.tokenizer, model.device
-    collate = AuroraCollator(model.processor, model.config, answer_key=None)
+    collate = AuroraCollator(model.processor, model.config, answer_key=None, build_messages=build_messages)
     batch = collate(items)
     answer_ids, gen = generate_answers(model, batch, max_new_tokens, return_dict_in_generate=True,
                                        output_hidden_states=True, **gen_kwargs)

@@ -23,7 +23,8 @@ from tabulate import tabulate
 
 from aurora_nb.config import get_config
 from aurora_nb.data import RefAVSDataset
-from aurora_nb.model import AuroraCollator, build_model, enable_embedding_cache, model_inputs, with_teacher_answers
+from aurora_nb.cot import build_messages, with_teacher_answers
+from aurora_nb.model import AuroraCollator, build_model, enable_embedding_cache, model_inputs
 
 
 def load_items(root: Path, split: str, n: int) -> list[dict]:
@@ -39,7 +40,7 @@ def load_items(root: Path, split: str, n: int) -> list[dict]:
 def epoch(model, items: list[dict], batch_size: int, opt) -> tuple[float, float]:
     "Seconds for one pass of forward + backward + AdamW over `items`, and the part spent getting SAM embeddings."
     model.train()
-    collate = AuroraCollator(model.processor, model.config)  # CPU only: tokens, SAM pixel values, frame keys
+    collate = AuroraCollator(model.processor, model.config, build_messages=build_messages)  # CPU only: tokens, SAM pixel values, frame keys
     t0, sam_s = time.perf_counter(), 0.0
     for i in range(0, len(items), batch_size):
         batch = collate(with_teacher_answers(items[i:i + batch_size]))

@@ -241,3 +241,23 @@ def test_release_loader_tolerance(release, synth):
     e[0] = {"reasoning": "The target is gong."}  # one wrong class among 35
     with pytest.raises(CotAlignmentError, match="entry 0 names 'gong'"): load_release_cot(_write(tmp / "r.json", e), synth)
     assert load_release_cot(tmp / "r.json", synth, max_mismatch=0.05).mismatched == 1
+
+
+# ---------------------------------------------------------------- the model reads no text of its own
+def test_model_imports_neither_synth_nor_cot():
+    import subprocess, sys
+    code = ("import sys, aurora_nb.model as m; bad = [k for k in ('aurora_nb.synth', 'aurora_nb.cot') if k in sys.modules]; "
+            "assert not bad, bad; assert not hasattr(m, 'SYSTEM_PROMPT') and not hasattr(m, 'build_messages')")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_collator_needs_the_callers_messages():
+    from aurora_nb.model import AuroraCollator
+    with pytest.raises(TypeError, match="build_messages"): AuroraCollator(None, None)
+
+
+def test_prompt_is_the_released_text():
+    from aurora_nb.cot import SYSTEM_PROMPT, build_messages
+    m = build_messages(" A gong.  ")
+    assert m[0] == {"role": "system", "content": SYSTEM_PROMPT} and SYSTEM_PROMPT.startswith("<<SYS>>\nYou are a helpful")
+    assert m[1]["content"][2]["text"] == "\nThe reference is:  A gong.   Please segment the corresponding object in the images."

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import aurora_nb.evaluate as E
+from aurora_nb.cot import build_messages
 from aurora_nb.config import ConfigError, get_config
 from aurora_nb.data import RefAVSDataset, write_video_clip
 from aurora_nb.metrics import resize_logits, score_split
@@ -84,7 +85,7 @@ def test_model_evaluate_equals_score_split_of_its_stored_predictions(cfg, tiny, 
     model, _ = tiny
     ds, items = test_s
     got = E.evaluate(model, cfg, "test_s", limit=5, batch_size=2)
-    preds = E.predict(model, items[:5], max_new_tokens=4)
+    preds = E.predict(model, items[:5], max_new_tokens=4, build_messages=build_messages)
     stored = [E.png8_to_logits(E.probs_to_png8(torch.sigmoid(resize_logits(p.mask_logits, (256, 256))))) for p in preds]
     want = score_split(stored, [it["masks"] for it in items[:5]])
     assert got["J"] == pytest.approx(want["J"] / 100, abs=1e-7) and got["F"] == pytest.approx(want["F"], abs=1e-7)

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList, SamModel
 
 from aurora_nb.config import get_config
-from aurora_nb.model import (MM_SUPPRESS, SYSTEM_PROMPT, AuroraCollator, AuroraModel, SegProjector, adapt_sam_image_size,
+from aurora_nb.cot import SYSTEM_PROMPT, build_messages, make_tiny_tokenizer, teacher_answer, with_teacher_answers
+from aurora_nb.model import (MM_SUPPRESS, AuroraCollator, AuroraModel, SegProjector, adapt_sam_image_size,
                              answer_rows, build_model, build_processor, build_tokenizer, completion_logprobs,
                              component_of, decode_masks, enable_embedding_cache, from_pretrained, generate_answers,
                              lora_modules, masks_to_original, model_inputs, predict, prepare_batch, sam_config,
                              sam_preprocess, sam_resized_hw, seg_hidden_states, seg_states_from_generate,
-                             teacher_answer, trainable_table, unpad_masks, with_teacher_answers)
+                             trainable_table, unpad_masks)
 
 torch.set_num_threads(2)
 H, W = 72, 96  # non-square native frames: exercises the pad/crop path
@@ -61,7 +62,6 @@ def test_tokenizer_seg_is_plain_added_token():
 def test_prompt_text_as_released():
     "System message with its <<SYS>> wrapper and line breaks; a line break between the media and the reference."
     proc = build_processor(get_config("tiny"))
-    from aurora_nb.model import build_messages
     text = proc.apply_chat_template(build_messages(" A gong.  "), add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\n<<SYS>>\nYou are a helpful, respectful and honest assistant.")
     assert "while being safe.  Your answers should not include" in text and "positive in nature.\nIf a question" in text
@@ -72,7 +72,7 @@ def test_prompt_text_as_released():
 
 
 def test_forward_shapes(tiny):
-    batch = prepare_batch(tiny, ITEMS, answers=ANSWERS)
+    batch = prepare_batch(tiny, ITEMS, answers=ANSWERS, build_messages=build_messages)
     assert batch["sam_pixel_values"].shape == (2, 10, 3, 128, 128)
     out = tiny(**model_inputs(batch))
     assert out.mask_logits.shape == (2, 10, H, W) and out.mask_logits.dtype == torch.float32
@@ -89,7 +89,7 @@ def test_forward_shapes(tiny):
 def test_mixed_frame_sizes_train_and_predict(tiny):
     "A batch of two frame sizes: masks and losses per sample at its own size, equal to each sample alone."
     items = with_teacher_answers([make_item(0), make_item(1, "The silent object.", "whistle", hw=(60, 50))])
-    collate = AuroraCollator(tiny.processor, tiny.config)
+    collate = AuroraCollator(tiny.processor, tiny.config, build_messages=build_messages)
     batch = collate(items)
     assert batch["mask_sizes"].tolist() == [[H, W], [60, 50]] and batch["gt_masks"].shape == (2, 10, H, W)
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_mixed_frame_sizes_train_and_predict(tiny):
         torch.testing.assert_close(m, a.mask_logits[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.bce_loss, (alone[0].bce_loss + alone[1].bce_loss) / 2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.dice_loss, (alone[0].dice_loss + alone[1].dice_loss) / 2, atol=1e-5, rtol=1e-5)
-    preds = predict(tiny, items, max_new_tokens=3)
+    preds = predict(tiny, items, max_new_tokens=3, build_messages=build_messages)
     assert [tuple(p.mask_logits.shape) for p in preds] == [(10, H, W), (10, 60, 50)]
 
 
@@ -117,7 +117,7 @@ def test_seg_hidden_states_answer_only_and_right_padded_fallback():
 def test_seg_in_the_prompt_is_not_found(tiny):
     "An expression containing [SEG] and an answer without it: found=False, the state of the answer's last token."
     items = [{**ITEMS[0], "expression": "The [SEG] object.", "answer": "It is gong."}]
-    batch = AuroraCollator(tiny.processor, tiny.config)(items)
+    batch = AuroraCollator(tiny.processor, tiny.config, build_messages=build_messages)(items)
     assert (batch["input_ids"] == tiny.seg_token_id).sum() == 1  # the prompt's
     with torch.no_grad():
         out = tiny(**model_inputs(batch))
@@ -153,7 +153,7 @@ def test_full_policy_gradients_reach_exactly_the_trainable_parts(capsys):
     assert {n.split(".")[4] for n in names} == {"language_model", "audio_tower"}
     assert all(n.endswith(("q_proj", "v_proj")) and ".visual." not in n for n in names)
     model.train()
-    out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS)))
+    out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages)))
     out.loss.backward()
     for n, p in model.named_parameters():
         if not p.requires_grad:
@@ -183,7 +183,7 @@ def test_seg_row_of_lm_head_and_embeddings_train():
         return w.token_adapter.get_merged_weights(w.token_adapter.active_adapters).detach().clone()
     before = {k: merged(m) for k, m in [("lm_head", base.lm_head), ("embed", base.model.language_model.embed_tokens)]}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-    model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS))).loss.backward()
+    model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages))).loss.backward()
     opt.step()
     for k, m in [("lm_head", base.lm_head), ("embed", base.model.language_model.embed_tokens)]:
         changed = (merged(m) != before[k]).any(1).nonzero().flatten().tolist()
@@ -201,7 +201,7 @@ def test_fp32_master_weights_with_bf16_frozen_weights():
     before = [p.detach().clone() for p in dec]
     opt = torch.optim.AdamW(trainable, lr=1e-5)
     model.train()
-    out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS)))
+    out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages)))
     assert out.mask_logits.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward(); opt.step()
     grads = [p.grad is not None for p in dec]
@@ -225,7 +225,7 @@ class ForceSeg(LogitsProcessor):
 
 def test_seg_state_from_generate_equals_teacher_forced(tiny):
     tiny.eval()
-    batch = prepare_batch(tiny, ITEMS)  # left-padded generation prompts of different lengths
+    batch = prepare_batch(tiny, ITEMS, build_messages=build_messages)  # left-padded generation prompts of different lengths
     L = batch["input_ids"].shape[1]
     answers, gen = generate_answers(tiny, batch, 5, min_new_tokens=5, return_dict_in_generate=True,
                                     output_hidden_states=True,
@@ -244,10 +244,10 @@ def test_seg_state_from_generate_equals_teacher_forced(tiny):
 
 def test_predict_equals_teacher_forced_forward(tiny):
     "Row 0 emits [SEG] (state read from generate), row 1 gets the fallback (one thinker pass): both equal a forward."
-    batch = prepare_batch(tiny, ITEMS)
+    batch = prepare_batch(tiny, ITEMS, build_messages=build_messages)
     L = batch["input_ids"].shape[1]
     preds = predict(tiny, ITEMS, max_new_tokens=4,
-                    logits_processor=LogitsProcessorList([ForceSeg(L, 1, tiny.seg_token_id, rows=[0])]))
+                    logits_processor=LogitsProcessorList([ForceSeg(L, 1, tiny.seg_token_id, rows=[0])]), build_messages=build_messages)
     assert [p.used_fallback for p in preds] == [False, True]
     assert preds[1].text.endswith("It is [SEG].") and "[SEG]" in preds[0].text
     full = {**batch, **answer_rows(batch, [p.answer_ids for p in preds], tiny.tokenizer.pad_token_id)}
@@ -261,7 +261,7 @@ def test_predict_equals_teacher_forced_forward(tiny):
 
 
 def test_completion_logprobs_equal_full_forward(tiny):
-    batch = prepare_batch(tiny, ITEMS, answers=ANSWERS)
+    batch = prepare_batch(tiny, ITEMS, answers=ANSWERS, build_messages=build_messages)
     with torch.no_grad():
         lp = completion_logprobs(tiny, batch)
         full = torch.log_softmax(tiny(**model_inputs(batch)).logits.float(), -1)  # [B, L, V]
@@ -275,11 +275,11 @@ def test_completion_logprobs_equal_full_forward(tiny):
 
 
 def test_collator_is_cpu_only_picklable_and_works_with_workers(tiny):
-    collate = AuroraCollator(tiny.processor, tiny.config)
+    collate = AuroraCollator(tiny.processor, tiny.config, build_messages=build_messages)
     side = tiny.tokenizer.padding_side
     back = pickle.loads(pickle.dumps(collate))
     items = with_teacher_answers([make_item(i) for i in range(4)])
-    AuroraCollator(tiny.processor, tiny.config, answer_key=None)(items)  # left padding asked per call
+    AuroraCollator(tiny.processor, tiny.config, answer_key=None, build_messages=build_messages)(items)  # left padding asked per call
     assert tiny.tokenizer.padding_side == side
     loader = torch.utils.data.DataLoader(items, batch_size=2, num_workers=2, collate_fn=back)
     batches = list(loader)
@@ -292,7 +292,7 @@ def test_explicit_forward_signature(tiny):
     import inspect
     assert not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(AuroraModel.forward).parameters.values())
     with pytest.raises(TypeError, match="unexpected keyword argument 'gt_mask'"):
-        tiny(**model_inputs(prepare_batch(tiny, ITEMS, answers=ANSWERS)), gt_mask=None)
+        tiny(**model_inputs(prepare_batch(tiny, ITEMS, answers=ANSWERS, build_messages=build_messages)), gt_mask=None)
 
 
 def _trainer_grads(tmp_path, bs, accum, items):
@@ -310,7 +310,7 @@ def _trainer_grads(tmp_path, bs, accum, items):
                              gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.0, report_to=[],
                              use_cpu=True, save_strategy="no", dataloader_num_workers=0, max_grad_norm=0.0,
                              remove_unused_columns=False, seed=0, logging_strategy="no")
-    tr = Trainer(model=model, args=args, train_dataset=items, data_collator=AuroraCollator(model.processor, model.config),
+    tr = Trainer(model=model, args=args, train_dataset=items, data_collator=AuroraCollator(model.processor, model.config, build_messages=build_messages),
                  callbacks=[Grab()])
     assert tr.model_accepts_loss_kwargs is False
     tr.train()
@@ -341,7 +341,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model = build_model(lora_cfg())
         if ckpt: model.gradient_checkpointing_enable()
         model.train()
-        model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS))).loss.backward()
+        model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages))).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     a, b = grads(False), grads(True)
     assert a.keys() == b.keys()
@@ -359,7 +359,7 @@ def test_save_load_round_trip(tmp_path):
     model.eval(); back.eval()
     for (n, a), (m, b) in zip(model.state_dict().items(), back.state_dict().items()):
         assert n == m and torch.equal(a, b), n
-    batch = model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS))
+    batch = model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages))
     with torch.no_grad():
         o1, o2 = model(**batch), back(**batch)
     assert torch.equal(o1.mask_logits, o2.mask_logits) and torch.equal(o1.logits, o2.logits)
@@ -375,7 +375,7 @@ def test_not_an_aurora_folder_fails_clearly(tmp_path):
 def test_cache_hit_equals_miss_and_follows_encoder_weights(tmp_path):
     cfg = get_config("tiny", {"model.freeze_sam_encoder": True, "model.cache_dir": str(tmp_path / "cache")})
     model = build_model(cfg).eval()
-    batch = model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS))
+    batch = model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages))
     with torch.no_grad():
         plain = model(**batch).mask_logits
         cache = enable_embedding_cache(model)
@@ -440,7 +440,7 @@ def test_items_from_the_committed_sample(tiny, repo_root):
     from aurora_nb.data import RefAVSDataset
     ds = RefAVSDataset(repo_root / "data" / "synth", "train")
     items = [ds[0], ds[1]]
-    batch = prepare_batch(tiny, items, answers=[teacher_answer(it["category"]) for it in items])
+    batch = prepare_batch(tiny, items, answers=[teacher_answer(it["category"]) for it in items], build_messages=build_messages)
     with torch.no_grad():
         out = tiny(**model_inputs(batch))
     T, h, w = items[0]["masks"].shape
@@ -451,7 +451,7 @@ def test_items_from_the_committed_sample(tiny, repo_root):
 def test_too_long_rows_are_reported_not_cut(tiny):
     short = get_config("tiny", {"model.max_length": 64})
     with pytest.raises(ValueError, match=r"longer than model.max_length=64"):
-        AuroraCollator(tiny.processor, short)(with_teacher_answers(ITEMS))
+        AuroraCollator(tiny.processor, short, build_messages=build_messages)(with_teacher_answers(ITEMS))
 
 
 def test_lora_disabled_trains_the_whole_language_model():
@@ -479,7 +479,7 @@ def test_pretrained_path_offline(tmp_path):
     assert model.sam.vision_encoder.pos_embed.shape[1:3] == (16, 16)  # 256 px checkpoint adapted to 128 px
     assert trainable_table(model).loc["LoRA", "trainable"] > 0
     with torch.no_grad():
-        out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS)))
+        out = model(**model_inputs(prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages)))
     assert out.mask_logits.shape == (2, 10, H, W) and torch.isfinite(out.mask_logits).all()
     model.save_pretrained(tmp_path / "run")  # only what the checkpoints do not hold
     from safetensors.torch import load_file
@@ -493,12 +493,11 @@ def test_pretrained_path_offline(tmp_path):
 def test_committed_tokenizer_is_what_make_tiny_tokenizer_builds(tmp_path, repo_root):
     "data/tokenizer must be reproducible: a change to the synthetic text or the prompts needs a rebuild."
     import json
-    from aurora_nb.model import make_tiny_tokenizer
     make_tiny_tokenizer(tmp_path)
     built = json.loads((tmp_path / "tokenizer.json").read_text())
     committed = json.loads((repo_root / "data" / "tokenizer" / "tokenizer.json").read_text())
     assert built["model"] == committed["model"] and built["added_tokens"] == committed["added_tokens"], \
-        "data/tokenizer is stale: rebuild it with aurora_nb.model.make_tiny_tokenizer('data/tokenizer')"
+        "data/tokenizer is stale: rebuild it with aurora_nb.cot.make_tiny_tokenizer('data/tokenizer')"
 
 
 def test_trainer_checkpoint_resume_with_activation_checkpointing(tmp_path):
@@ -511,7 +510,7 @@ def test_trainer_checkpoint_resume_with_activation_checkpointing(tmp_path):
         args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
                                  report_to=[], use_cpu=True, save_strategy="steps", save_steps=1, logging_strategy="no",
                                  remove_unused_columns=False, seed=0, activation_checkpointing=True)
-        return Trainer(model=model, args=args, train_dataset=items, data_collator=AuroraCollator(model.processor, model.config))
+        return Trainer(model=model, args=args, train_dataset=items, data_collator=AuroraCollator(model.processor, model.config, build_messages=build_messages))
     t1 = trainer(0)
     t1.train()
     assert t1.model.thinker.get_base_model().is_activation_checkpointing

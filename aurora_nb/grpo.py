@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['ADV_EPS', 'group_advantages', 'zero_spread', 'clipped_objective', 'kl_k3', 'masked_sequence_mean', 'GRPOLoss',
-           'grpo_loss']
+__all__ = ['ADV_EPS', 'MODALITY_KEYS', 'MASK_LOSS_ON', 'group_advantages', 'zero_spread', 'clipped_objective', 'kl_k3',
+           'masked_sequence_mean', 'GRPOLoss', 'grpo_loss', 'modality_inputs', 'repeat_group', 'Rollouts',
+           'sample_group', 'token_pass', 'collate_items', 'AuroraGRPOTrainer', 'train_grpo_main']
 
 # %% ../nbs/10_grpo.ipynb #g10imp2
 import torch
@@ -112,3 +113,253 @@ def grpo_loss(logps: torch.Tensor,  # [N, T] completion-token log-probs under th
     clipped = ((ratio < 1 - epsilon) & (a < 0)) | ((ratio > 1 + hi) & (a > 0))  # [N, T] where the clip held
     return GRPOLoss(masked_sequence_mean(per_token, mask), masked_sequence_mean(pg, mask).detach(),
                     _token_mean(kl.detach(), mask), _token_mean(clipped.float(), mask))
+
+# %% ../nbs/10_grpo.ipynb #g10trimp
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import Trainer, TrainingArguments
+
+from .config import resolve_path
+from .cot import build_messages
+from .losses import bce_loss, dice_loss
+from .model import (MM_SUPPRESS, THINKER_INPUTS, AuroraCollator, AuroraModel, answer_rows, decode_masks,
+                    masks_to_original, seg_hidden_states, thinker_base)
+from .rewards import reward_weights, score_rewards
+
+# %% ../nbs/10_grpo.ipynb #g10mm
+MODALITY_KEYS = ("pixel_values_videos", "video_grid_thw", "input_features", "feature_attention_mask")  # video + audio
+
+def modality_inputs(batch: dict,  # a collated prompt batch
+                    device=None,  # move the tensors here
+                   ) -> dict:
+    "The thinker's video and audio tensors of `batch`; raises naming the missing key (never a text-only pass)."
+    missing = [k for k in MODALITY_KEYS if batch.get(k) is None]
+    if missing:
+        raise ValueError(f"GRPO batch has no {missing}: the rollouts and the log-prob pass need the video and audio "
+                         f"tensors {list(MODALITY_KEYS)} (a text-only pass would score bare placeholder tokens)")
+    return {k: (batch[k].to(device) if device is not None else batch[k]) for k in THINKER_INPUTS if batch.get(k) is not None}
+
+def repeat_group(batch: dict,  # a collated one-prompt batch (left-padded generation prompt)
+                 G: int,  # copies
+                ) -> dict:
+    "The prompt's ids, mask and video/audio tensors repeated G times, as the processor would give for G copies."
+    if batch["input_ids"].shape[0] != 1:
+        raise ValueError(f"repeat_group: expected a one-prompt batch, got {batch['input_ids'].shape[0]} rows")
+    out = {k: batch[k].repeat(G, *[1] * (batch[k].ndim - 1)) for k in ("input_ids", "attention_mask")}
+    for k, v in modality_inputs(batch).items():  # patches and features are stacked along dim 0 per sample
+        out[k] = v.repeat(G, *[1] * (v.ndim - 1))
+    return out
+
+# %% ../nbs/10_grpo.ipynb #g10roll
+@dataclass
+class Rollouts:
+    "G sampled completions of one prompt."
+    ids: list  # per rollout, the completion ids (up to and including the end token when it came)
+    logps: torch.Tensor  # [G, n] the sampling policy's log-prob of each sampled token (temperature 1), 0 after the end
+    truncated: torch.Tensor  # [G] bool: no end token within max_new_tokens
+    prefill_s: float = 0.0  # seconds in the prompt pass
+    decode_s: float = 0.0  # seconds in the token-by-token decoding
+
+def _filter_logits(logits: torch.Tensor,  # [G, V] float32
+                   temperature: float, top_p: float) -> torch.Tensor:
+    "Temperature then nucleus filtering (the smallest set of tokens whose probability reaches top_p)."
+    x = logits / temperature
+    if top_p < 1.0:
+        srt, idx = x.sort(-1, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum - srt.softmax(-1) >= top_p  # tokens after the nucleus is full
+        x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return x
+
+@torch.no_grad()
+def sample_group(model: AuroraModel,
+                 batch: dict,  # a collated one-prompt generation batch (`AuroraCollator(answer_key=None)`)
+                 G: int,  # rollouts
+                 max_new_tokens: int,
+                 temperature: float = 1.0,
+                 top_p: float = 0.9,
+                 greedy: bool = False,  # argmax instead of sampling (tests)
+                 generator: torch.Generator | None = None,
+                ) -> Rollouts:
+    "One prefill of the multimodal prompt, its KV cache repeated G×, then G completions decoded together."
+    base, dev = thinker_base(model), model.device
+    tok = model.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    ids, am = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    if ids.shape[0] != 1: raise ValueError(f"sample_group: one prompt per call, got {ids.shape[0]} rows")
+    mm = modality_inputs(batch, dev)
+    suppress = torch.tensor(tok.convert_tokens_to_ids(MM_SUPPRESS), device=dev)
+    t0 = time.perf_counter()
+    with model.autocast():
+        out = base(input_ids=ids, attention_mask=am, use_cache=True, logits_to_keep=1, **mm)
+    cache, delta = out.cache, base.model.rope_deltas  # [1, 1] offset of the text positions after the media
+    cache.batch_repeat_interleave(G)
+    logits = out.logits[:, -1].float().expand(G, -1)  # [G, V]
+    t1 = time.perf_counter()
+    L = ids.shape[1]
+    am = am.expand(G, -1)
+    toks, lps = [], []
+    done = torch.zeros(G, dtype=torch.bool, device=dev)
+    for t in range(max_new_tokens):
+        lp = logits.log_softmax(-1)  # [G, V] the policy (T = 1), as the teacher-forced pass scores it
+        logits = logits.index_fill(-1, suppress, float("-inf"))  # never sample media placeholders
+        if greedy: nxt = logits.argmax(-1)
+        else:
+            probs = _filter_logits(logits, temperature, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+        toks.append(nxt); lps.append(torch.where(done, 0.0, lp.gather(-1, nxt[:, None])[:, 0]))
+        done = done | (nxt == eos)
+        if done.all() or t == max_new_tokens - 1: break
+        am = torch.cat([am, torch.ones(G, 1, dtype=am.dtype, device=dev)], 1)
+        pos = (L + t + delta.to(dev)).view(1, -1, 1).expand(3, G, 1)  # [3, G, 1] multimodal rotary positions
+        with model.autocast():
+            out = base(input_ids=nxt[:, None], attention_mask=am, position_ids=pos, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1].float()
+    seqs, lps = torch.stack(toks, 1), torch.stack(lps, 1)  # [G, n]
+    rows = []
+    for row in seqs.tolist():
+        rows.append(row[:row.index(eos) + 1] if eos in row else row)
+    truncated = torch.tensor([eos not in r for r in rows])
+    return Rollouts(rows, lps.cpu(), truncated, t1 - t0, time.perf_counter() - t1)
+
+# %% ../nbs/10_grpo.ipynb #g10tf
+def token_pass(model: AuroraModel,
+               rows: dict,  # input_ids, attention_mask, answer_mask [G, L] (prompt + completion, left-padded)
+               mm: dict,  # the group's video/audio tensors (`modality_inputs`)
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # hidden [G, L, d], log-probs [G, L] (0 off the completion)
+    "One teacher-forced pass with the media: last hidden states and the completion tokens' log-probs."
+    base, dev = thinker_base(model), model.device
+    ids, comp = rows["input_ids"].to(dev), rows["answer_mask"].to(dev).bool()
+    with model.autocast():
+        h = base.model(input_ids=ids, attention_mask=rows["attention_mask"].to(dev), use_cache=False, **mm).last_hidden_state
+        b, p = comp[:, 1:].nonzero(as_tuple=True)  # token p+1 is predicted at position p
+        logits = base.lm_head(h[b, p])  # [n, V]
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[b, p + 1, None])[:, 0]
+    out = torch.zeros(ids.shape, dtype=torch.float32, device=dev).index_put((b, p + 1), lp)
+    return h, out
+
+# %% ../nbs/10_grpo.ipynb #g10trainer
+def collate_items(items: list) -> dict:
+    "The trainer's collator: the raw items (each prompt is processed and sampled inside the step)."
+    return {"items": list(items)}
+
+MASK_LOSS_ON = ("all", "best")
+
+class AuroraGRPOTrainer(Trainer):
+    "GRPO on the omni model: G shared-prefill rollouts per prompt, rewards, group advantages, clipped loss + β·KL + masks."
+    def __init__(self, model: AuroraModel, args: TrainingArguments, train_dataset,
+                 stage=None,  # a `GRPOStage`; None: `model.config.stages.grpo`
+                 weights: dict | None = None,  # reward name -> weight; None: from the stage
+                 filter_zero_spread: bool = False,  # drop groups whose G rewards are equal from the policy term
+                 mask_loss_on: str = "all",  # "all" rollouts with a [SEG] (release) or the "best" one per group
+                 **kwargs):
+        self.stage = stage or model.config.stages.grpo
+        if mask_loss_on not in MASK_LOSS_ON: raise ValueError(f"mask_loss_on must be one of {MASK_LOSS_ON}, got {mask_loss_on!r}")
+        if self.stage.kl_beta != 0 and not hasattr(model.thinker, "disable_adapter"):
+            raise ValueError("stages.grpo.kl_beta > 0 needs LoRA adapters on the thinker (the reference is the model with "
+                             "them disabled); set model.trainable=lora or stages.grpo.kl_beta=0")
+        kwargs.setdefault("data_collator", collate_items)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        self.weights = reward_weights(self.stage) if weights is None else weights
+        self.filter_zero_spread, self.mask_loss_on = filter_zero_spread, mask_loss_on
+        self.collate = AuroraCollator(model.processor, model.config, answer_key=None, build_messages=build_messages)
+        self._metrics = defaultdict(list)
+
+    def group_step(self, model: AuroraModel, item: dict) -> torch.Tensor:
+        "Sample, score and return the loss of one prompt's group (metrics go to `self._metrics`)."
+        st, G, tok = self.stage, self.stage.num_generations, model.tokenizer
+        if "masks" not in item: raise KeyError("GRPO items need 'masks' (the IoU reward and the mask loss); load them with with_masks=True")
+        batch = self.collate([item])
+        was = model.training
+        model.eval()
+        roll = sample_group(model, batch, G, st.max_new_tokens, st.temperature, st.top_p)
+        model.train(was)
+        grp = repeat_group(batch, G)
+        rows = answer_rows(grp, roll.ids, tok.pad_token_id)
+        mm = modality_inputs(grp, model.device)
+        h, logps = token_pass(model, rows, mm)  # [G, L, d], [G, L]
+        comp = rows["answer_mask"].to(logps.device)
+        ref = None
+        if st.kl_beta != 0:
+            with torch.no_grad(), model.thinker.disable_adapter():
+                ref = token_pass(model, rows, mm)[1]
+        seg_h, found = seg_hidden_states(h, rows["input_ids"].to(h.device), model.seg_token_id, comp)
+        with model.autocast():
+            emb = model.sam_embeddings(batch["sam_pixel_values"], None, batch.get("sam_frame_keys"))  # [1, T, C, h, w] once
+            low = decode_masks(model.sam, model.projector(seg_h), emb.expand(G, *emb.shape[1:]))  # [G, T, 4h, 4w]
+        H, W = (int(v) for v in batch["mask_sizes"][0])
+        masks = masks_to_original(low, model.sam_image_size, (H, W))  # [G, T, H, W] float32
+        gt = torch.as_tensor(np.asarray(item["masks"])).to(masks.device)  # [T, H, W]
+        texts = [tok.decode(r, skip_special_tokens=False) for r in roll.ids]
+        r = score_rewards([{"text": t, "mask_logits": m.detach().cpu()} for t, m in zip(texts, masks)], self.weights,
+                          category=item["category"], gt=gt.cpu(), parser=st.class_parser)
+        if "iou" in r:  # no [SEG]: no mask prompt, no IoU credit
+            r["iou"] = r["iou"] * found.cpu().float()
+            r["total"] = sum(w * r[k] for k, w in self.weights.items())
+        adv = group_advantages(r["total"], G).to(logps.device)
+        flat = bool(zero_spread(r["total"], G)[0])
+        out = grpo_loss(logps, adv, comp, ref_logps=ref, beta=st.kl_beta, epsilon=st.clip_epsilon)
+        loss = out.loss * (0.0 if flat and self.filter_zero_spread else 1.0)
+        keep = found.clone()
+        if self.mask_loss_on == "best" and found.any():
+            keep = torch.zeros_like(found); keep[torch.where(found, r["total"].to(found.device), -math.inf).argmax()] = True
+        mask_loss = torch.zeros((), device=loss.device)
+        if keep.any():
+            g = gt[None].expand(int(keep.sum()), *gt.shape).float()
+            mask_loss = st.bce_weight * bce_loss(masks[keep], g) + st.dice_weight * dice_loss(masks[keep], g)
+            loss = loss + mask_loss
+        lens = torch.tensor([len(x) for x in roll.ids], dtype=torch.float32)
+        m = self._metrics
+        for k, v in r.items():
+            m[f"reward/{k}/mean"].append(float(v.mean())); m[f"reward/{k}/std"].append(float(v.std()) if G > 1 else 0.0)
+        m["zero_spread"].append(float(flat)); m["kl"].append(float(out.kl)); m["clip_fraction"].append(float(out.clip_fraction))
+        m["pg_loss"].append(float(out.pg_loss)); m["mask_loss"].append(float(mask_loss))
+        m["completion_length/mean"].append(float(lens.mean())); m["completion_length/max"].append(float(lens.max()))
+        m["truncated"].append(float(roll.truncated.float().mean())); m["seg_found"].append(float(found.float().mean()))
+        m["rollout_s"].append(roll.prefill_s + roll.decode_s)
+        self.last_group = dict(texts=texts, rewards={k: v.tolist() for k, v in r.items()}, advantages=adv.tolist(),
+                               masks=masks.detach().cpu(), found=found.tolist(), truncated=roll.truncated.tolist())
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        "Mean of the group losses of the micro-batch's prompts."
+        net = self.accelerator.unwrap_model(model)
+        loss = torch.stack([self.group_step(net, it) for it in inputs["items"]]).mean()
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        "Add the mean of each metric since the last log."
+        if self._metrics and "loss" in logs:
+            logs = {**logs, **{k: round(sum(v) / len(v), 6) for k, v in self._metrics.items()}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+# %% ../nbs/10_grpo.ipynb #g10main
+def train_grpo_main(args) -> int:
+    "Handler of `aurora-nb train --stage grpo`: args.init (a stage-2 model folder), args.out, and the config overrides."
+    from aurora_nb.model import apply_trainable_policy, from_pretrained
+    overrides = list(getattr(args, "overrides", None) or [])
+    model = from_pretrained(args.init, overrides)
+    if hasattr(model.thinker, "merge_and_unload"): model.thinker = model.thinker.merge_and_unload()  # stage 2 = reference
+    apply_trainable_policy(model, verbose=True)  # fresh adapters: the policy starts equal to the reference (KL 0)
+    from aurora_nb.data import RefAVSDataset
+    cfg, st = model.config, model.config.stages.grpo
+    ds = RefAVSDataset(resolve_path(cfg.data.root), "train", num_frames=cfg.data.num_frames)
+    args_t = TrainingArguments(output_dir=str(args.out), per_device_train_batch_size=st.batch_size,
+                               gradient_accumulation_steps=st.grad_accum, max_steps=st.max_steps, learning_rate=st.lr,
+                               warmup_steps=st.warmup_steps, lr_scheduler_type=st.lr_schedule, weight_decay=st.weight_decay,
+                               adam_beta1=st.adam_beta1, adam_beta2=st.adam_beta2, max_grad_norm=st.max_grad_norm,
+                               save_steps=st.save_steps, logging_steps=st.logging_steps, seed=st.seed, report_to=[],
+                               remove_unused_columns=False, use_cpu=not torch.cuda.is_available())
+    tr = AuroraGRPOTrainer(model, args_t, ds)
+    ckpt = getattr(args, "resume", None)
+    tr.train(resume_from_checkpoint=ckpt if ckpt else None)
+    from aurora_nb.model import save_pretrained
+    save_pretrained(model, Path(args.out) / "final")
+    return 0

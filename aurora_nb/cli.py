@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
     "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_main"),
     "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_main"),
     "cot": ("write CoT data with the oracle or a teacher model", None),
-    "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", None),
+    "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", "aurora_nb.sft:train_main"),
     "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
     "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
     "run": ("all stages, then evaluation and a report (runs what is built so far)", "aurora_nb.cli:run_main"),
@@ -122,12 +122,26 @@ def _infer_args(p):
     p.add_argument("--out", metavar="DIR", default="infer_out", help="folder for one mask PNG per frame and the overlay (default: infer_out)")
     p.add_argument("--allow-silent", action="store_true", help="run on silence when the video has no audio track (otherwise that is an error)")
 
+def _train_args(p):
+    p.add_argument("--stage", required=True, choices=("teacher", "sft", "reflect", "grpo"), help="teacher: stage 0 (answers "
+                   "'It is <class> [SEG].'); sft: stage 1 (CoT answers, distilled towards --teacher); reflect and grpo: not built yet")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoint-<step>/, model/, config.yaml, logs/ "
+                   "(TensorBoard); running the same command again resumes from the last checkpoint")
+    p.add_argument("--init", metavar="DIR", default=None, help="start from this model (a run folder or its model/ folder); "
+                   "stage sft starts from --teacher by default")
+    p.add_argument("--teacher", metavar="DIR", default=None, help="the stage-0 run that stage sft distils towards (its [SEG] "
+                   "embeddings are computed once and stored in --out)")
+    p.add_argument("--data-file", metavar="FILE", default=None, help="CoT JSONL file for stage sft (default: the oracle CoT of "
+                   "a synthetic benchmark, written to --out)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_config_args(p)
+
 def _run_args(p):
     add_config_args(p)
     p.add_argument("--name", default=None, help="run name (default: the config's name, i.e. the preset); outputs go to <output_dir>/<name>/")
 
 PARSER_ARGS = {"synth": _synth_args, "check-data": _check_data_args, "eval": _eval_args, "infer": _infer_args,
-               "run": _run_args, "config": add_config_args}  # subcommands not listed have no options yet
+               "train": _train_args, "run": _run_args, "config": add_config_args}  # subcommands not listed have no options yet
 
 # %% ../nbs/13a_cli.ipynb #cl0parsb
 def _formatter(prog):  # fixed width: help reads the same in a terminal, a notebook and CI

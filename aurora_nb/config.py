@@ -105,6 +105,10 @@ class ReflectStage(SFTStage):
     trigger: str = "Wait, let me reconsider"  # joins the wrong path and the corrected one
     corrector: str = "oracle"  # who corrects wrong paths: "oracle" (synthetic annotations) or a model id
     reflective_fraction: float = 1.0  # share of wrong stage-1 paths turned into reflective samples (paper: unknown)
+    plain_ratio: float = 1.0  # plain right paths mixed in per reflective sample (paper: unknown; 1.0 as Sherlock's one correction per original sample, so the trigger stays conditional on an error)
+    min_iou: float = 0.5  # a stage-1 answer whose mask IoU (σ > 0.5) is below this counts as wrong
+    samples: int = 0  # sampled answers per prompt besides the greedy one, so right-greedy prompts also yield errors
+    temperature: float = 1.0  # sampling temperature of those answers
 
 # %% ../nbs/00_config.ipynb #c0grpoc
 @dataclass

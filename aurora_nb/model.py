@@ -18,14 +18,13 @@ __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLAT
            'LORA_SCOPES', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE', 'PROCESSOR_DIR', 'build_tokenizer',
            'build_processor', 'videos_kwargs', 'llm_frame_indices', 'sam_resized_hw', 'sam_resize_uint8',
            'sam_preprocess', 'masks_to_original', 'unpad_masks', 'adapt_sam_image_size', 'seg_hidden_states',
-           'SegProjector', 'decode_masks', 'AuroraOutput', 'mask_bce_loss', 'mask_dice_loss', 'size_mask',
-           'thinker_base', 'AuroraModel', 'thinker_config', 'build_thinker', 'sam_config', 'build_segmenter',
-           'build_model', 'new_token_ids', 'sam_encoder_trainable', 'lora_target', 'master_weights_fp32',
-           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'lora_modules',
-           'lora_summary', 'weights_fingerprint', 'weights_stamp', 'frame_key', 'SamEmbeddingCache',
-           'enable_embedding_cache', 'AuroraCollator', 'prepare_batch', 'model_inputs', 'completion_logprobs',
-           'Prediction', 'answer_rows', 'generate_answers', 'seg_states_from_generate', 'predict', 'save_pretrained',
-           'from_pretrained']
+           'SegProjector', 'decode_masks', 'AuroraOutput', 'size_mask', 'thinker_base', 'AuroraModel', 'thinker_config',
+           'build_thinker', 'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
+           'lora_target', 'master_weights_fp32', 'apply_trainable_policy', 'component_of', 'trainable_table',
+           'print_trainable', 'lora_modules', 'lora_summary', 'weights_fingerprint', 'weights_stamp', 'frame_key',
+           'SamEmbeddingCache', 'enable_embedding_cache', 'AuroraCollator', 'prepare_batch', 'model_inputs',
+           'completion_logprobs', 'Prediction', 'answer_rows', 'generate_answers', 'seg_states_from_generate',
+           'predict', 'save_pretrained', 'from_pretrained']
 
 # %% ../nbs/04_model.ipynb #m4imp2
 import numpy as np
@@ -40,6 +39,7 @@ from transformers.utils import ModelOutput
 
 # %% ../nbs/04_model.ipynb #m4imp3
 from .config import AuroraConfig, ModelConfig, get_config, resolve_path, save_config
+from .losses import bce_loss, dice_loss  # the mask losses of the losses chapter
 
 # %% ../nbs/04_model.ipynb #m4tokc
 QWEN_OMNI_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -236,22 +236,6 @@ class AuroraOutput(ModelOutput):
     mask_logits: torch.Tensor | None = None  # [B, T, Hmax, Wmax] float32 logits, sample b valid in [:h_b, :w_b] (S×S without sizes)
     mask_sizes: torch.Tensor | None = None  # [B, 2] (H, W) of each sample's frames
 
-def mask_bce_loss(logits: torch.Tensor,  # [B, T, H, W] mask logits (padded)
-                  target: torch.Tensor,  # [B, T, H, W] {0, 1} masks (padded)
-                  valid: torch.Tensor,  # [B, 1, H, W] 1 inside each sample's frame
-                 ) -> torch.Tensor:
-    "Per-frame mean BCE over the valid pixels, averaged over frames and samples."
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none") * valid
-    return (bce.sum((-2, -1)) / valid.sum((-2, -1))).mean()
-
-def mask_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,  # as `mask_bce_loss`
-                   scale: float = 1000.0, eps: float = 1e-6) -> torch.Tensor:
-    "The official Dice: 1 - (2·Σ p/s·y + ε) / (Σ p/s + Σ y/s + ε) per frame, averaged over frames and samples."
-    p, y = logits.float().sigmoid() * valid, target.float() * valid
-    num = 2 * (p / scale * y).sum((-2, -1))
-    den = (p / scale).sum((-2, -1)) + (y / scale).sum((-2, -1))
-    return (1 - (num + eps) / (den + eps)).mean()
-
 def size_mask(mask_sizes: torch.Tensor,  # [B, 2] (H, W)
               hw: tuple[int, int],  # padded (Hmax, Wmax)
              ) -> torch.Tensor:
@@ -395,7 +379,7 @@ class AuroraModel(nn.Module):
             if mask_sizes is None: raise ValueError("gt_masks need mask_sizes (the (H, W) of each sample)")
             valid = size_mask(mask_sizes.to(masks.device), masks.shape[-2:])
             gt = gt_masks.to(masks.device)
-            bce, dice = mask_bce_loss(masks, gt, valid), mask_dice_loss(masks, gt, valid)
+            bce, dice = bce_loss(masks, gt, valid), dice_loss(masks, gt, valid)
             mask_loss = self.loss_weights["bce"] * bce + self.loss_weights["dice"] * dice
             loss = mask_loss if loss is None else loss + mask_loss
         return AuroraOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=out.logits, seg_hidden=seg_h,

@@ -129,6 +129,8 @@ class GRPOStage(StageConfig):
     class_weight: float = 1.0
     iou_weight: float = 1.0
     class_parser: Literal["aurora_nb", "official"] = "aurora_nb"  # "official" keeps the release's `\w+` regex for parity
+    filter_zero_spread: bool = False  # drop prompts whose G rewards are all equal from the policy term (their share is logged either way)
+    mask_loss_on: Literal["all", "best"] = "all"  # 2·BCE + 0.5·Dice on every rollout with a [SEG] (release) or on the best one per group
     save_steps: int = 100
 
 # %% ../nbs/00_config.ipynb #c0stagesc

@@ -36,6 +36,7 @@ class DataConfig:
     llm_frames: int = 10  # frames shown to the LLM as a video at 1 fps (all 10, as the paper)
     llm_max_pixels: int = 448 * 448  # per-frame pixel budget of the omni video processor
     num_workers: int = 2  # DataLoader worker processes
+    synth_videos: int = 0  # `aurora-nb run`: > 0 trains and evaluates on a generated synthetic benchmark of this many clips, `data/synth-<N>v-seed<seed>/`, made once from `seed`, instead of `root`
 
 # %% ../nbs/00_config.ipynb #c0lora
 @dataclass
@@ -151,6 +152,7 @@ class EvalConfig:
     batch_size: int = 4  # rows per generation batch (left-padded greedy decoding); scoring groups come from the protocol
     max_new_tokens: int = 2048  # greedy decoding cap
     seg_fallback: str = "It is [SEG]."  # appended when an answer has no [SEG] (counted and reported)
+    limit: int = 0  # `aurora-nb run` scores the first `limit` rows of each split (CSV order); 0 scores every row
 
 # %% ../nbs/00_config.ipynb #c0rootc
 @dataclass
@@ -273,6 +275,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.llm_frames": 4,
         "data.llm_max_pixels": 112 * 112,
         "data.num_workers": 0,
+        "data.synth_videos": 32,
         "model.thinker": "",
         "model.segmenter": "",
         "model.from_scratch": True,
@@ -303,6 +306,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stages.grpo.save_steps": 5,
         "stages.grpo.logging_steps": 1,
         "eval.max_new_tokens": 64,
+        "eval.limit": 16,
     },
 }
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['STAGES', 'SFT_STAGES', 'TARGETS_FILE', 'MODEL_DIR', 'RUN_CONFIG', 'COT_FILE', 'LOG_DIR', 'HISTORY_FILE', 'SFTDataset',
-           'load_cot', 'oracle_cot_file', 'teacher_fingerprint', 'teacher_targets', 'load_teacher_store',
+__all__ = ['STAGES', 'SFT_STAGES', 'COT_STAGES', 'TARGETS_FILE', 'MODEL_DIR', 'RUN_CONFIG', 'COT_FILE', 'LOG_DIR', 'HISTORY_FILE',
+           'SFTDataset', 'load_cot', 'oracle_cot_file', 'teacher_fingerprint', 'teacher_targets', 'load_teacher_store',
            'teacher_store', 'SFTCollator', 'AuroraSFTTrainer', 'training_args', 'model_dir', 'train_stage',
            'train_main']
 
@@ -43,17 +43,18 @@ from .model import (AuroraCollator, AuroraModel, build_model, enable_embedding_c
 # %% ../nbs/12a_sft.ipynb #s12stages
 STAGES = ("teacher", "sft", "reflect", "grpo")  # `aurora-nb train --stage`, in pipeline order
 SFT_STAGES = ("teacher", "sft")  # the stages this chapter trains
+COT_STAGES = ("sft", "reflect")  # stages whose answers are reasoning (stage reflect: the reflect chapter builds them and calls `train_stage`)
 
 # %% ../nbs/12a_sft.ipynb #s12ds
 class SFTDataset(torch.utils.data.Dataset):
     "The rows of one split with their assistant text: the teacher answer (stage 0) or a CoT answer (stage 1)."
     def __init__(self, base: RefAVSDataset,  # the split's clips
-                 stage: str = "teacher",  # "teacher" or "sft"
-                 cot: dict[int, str] | None = None,  # split position -> reasoning (stage sft); rows without one are left out
+                 stage: str = "teacher",  # "teacher", "sft" or "reflect"
+                 cot: dict[int, str] | None = None,  # split position -> reasoning (stages sft, reflect); rows without one are left out
                  max_cot_chars: int = 2000,  # reasoning this long or longer is left out (official filter)
                 ):
-        if stage not in SFT_STAGES: raise ValueError(f"stage {stage!r}: SFTDataset serves {SFT_STAGES}")
-        if stage == "sft" and cot is None: raise ValueError("stage 'sft' needs the rows' reasoning (cot=)")
+        if stage not in ("teacher", *COT_STAGES): raise ValueError(f"stage {stage!r}: SFTDataset serves {('teacher', *COT_STAGES)}")
+        if stage in COT_STAGES and cot is None: raise ValueError(f"stage {stage!r} needs the rows' reasoning (cot=)")
         self.base, self.stage, self.cot = base, stage, cot
         keep = range(len(base)) if stage == "teacher" else (i for i in range(len(base)) if i in cot and len(cot[i]) < max_cot_chars)
         self.positions = list(keep)
@@ -274,7 +275,7 @@ def _check_resume(out: Path, cfg: AuroraConfig) -> str | None:
 
 # %% ../nbs/12a_sft.ipynb #s12train2
 def train_stage(cfg: AuroraConfig,  # the run config (stage settings from `cfg.stages.<stage>`)
-                stage: str,  # "teacher" (stage 0) or "sft" (stage 1)
+                stage: str,  # "teacher" (stage 0), "sft" (stage 1) or "reflect" (stage 2, with `cot`)
                 out_dir: str | Path,  # checkpoints, logs, the final model (`model/`) and the resolved config
                 init: str | Path | None = None,  # start from this model (run or model folder); stage sft: default `teacher`
                 teacher: str | Path | None = None,  # the stage-0 run whose [SEG] embeddings stage sft distils towards
@@ -282,24 +283,27 @@ def train_stage(cfg: AuroraConfig,  # the run config (stage settings from `cfg.s
                 callbacks: Sequence[TrainerCallback] = (),
                 progress: bool = True,  # tqdm bars (False: no bars and no printed log lines)
                 live_teacher: bool = False,  # run the teacher every step instead of storing its targets (benchmark only)
+                cot: dict[int, str] | None = None,  # split position -> reasoning, instead of `data_file` (stage reflect)
                ) -> AuroraSFTTrainer:
     "Train one SFT stage into `out_dir`, resuming from its last checkpoint; the final model goes to `out_dir/model`."
-    if stage not in SFT_STAGES: raise ValueError(f"stage {stage!r}: train_stage trains {SFT_STAGES}")
+    if stage not in ("teacher", *COT_STAGES): raise ValueError(f"stage {stage!r}: train_stage trains {('teacher', *COT_STAGES)}")
+    if stage == "reflect" and cot is None: raise ValueError("stage reflect trains on reflective answers: pass cot= (see aurora_nb.reflect)")
     out, st = Path(out_dir), getattr(cfg.stages, stage)
     if stage == "sft" and init is None: init = teacher
-    if stage == "sft" and teacher is None and st.kd_weight:
-        raise ValueError("stage sft distils towards the stage-0 model: give its run folder (--teacher DIR) or set stages.sft.kd_weight=0")
+    if stage in COT_STAGES and teacher is None and st.kd_weight:
+        raise ValueError(f"stage {stage} distils towards the stage-0 model: give its run folder (--teacher DIR) or set stages.{stage}.kd_weight=0")
     model, cfg = _init_model(cfg, init)
     resume = _check_resume(out, cfg)
     args = training_args(st, out, cfg.data.num_workers, progress)
     if args.process_index == 0: save_config(cfg, out / RUN_CONFIG)
     enable_embedding_cache(model)
     base = RefAVSDataset.from_config(cfg.data, cfg.data.train_split)
-    cot = targets = live = None
-    if stage == "sft":
-        with args.main_process_first(desc="CoT data"):
-            path = Path(data_file) if data_file else oracle_cot_file(base.root, base.split, out / COT_FILE)
-        cot = load_cot(path, base.split, len(base))
+    targets = live = None
+    if stage in COT_STAGES:
+        if cot is None:
+            with args.main_process_first(desc="CoT data"):
+                path = Path(data_file) if data_file else oracle_cot_file(base.root, base.split, out / COT_FILE)
+            cot = load_cot(path, base.split, len(base))
         if st.kd_weight:
             t_model = from_pretrained(model_dir(teacher))
             if live_teacher: live = t_model

@@ -1,0 +1,123 @@
+"""Stage 2: the judge on hand-made answers, oracle corrections, the model corrector's filter, splicing, the resumable
+search for wrong paths and a stage-2 run through the command-line handler that resumes after a kill."""
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aurora_nb.config import get_config
+from aurora_nb.cot import SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, oracle_cot, parse_answer
+from aurora_nb.data import RefAVSDataset
+from aurora_nb.model import build_model, save_pretrained
+from aurora_nb.reflect import (JUDGED_FILE, REFLECT_FILE, TRIGGER, Case, ModelCorrector, OracleCorrector, find_wrong_paths, judge,
+                               reasoning_of, splice_reflective, split_steps, train_main)
+from aurora_nb.sft import AuroraSFTTrainer
+from aurora_nb.synth import make_synthetic_refavs, read_annotations
+
+ROOT = Path(__file__).resolve().parents[1] / "data" / "synth"
+ANN = read_annotations(ROOT)
+ROWS = [r for r in ANN["rows"] if r["split"] == "train"]
+
+
+def _other(row):
+    present = {o["category"] for o in ANN["clips"][row["folder"]]["objects"]}
+    return next(c for c in ANN["categories"] if c not in present)
+
+
+def test_judge_hand_made():
+    r = ROWS[0]; right = oracle_cot(ANN, r["row"]) + " " + SEG_SENTENCE; o = _other(r)
+    assert judge(right, r, 0.9, ANN).kinds == ()
+    assert judge(right, r, 0.1, ANN).kinds == ("low_iou",)
+    assert judge(reasoning_of(right), r, None, ANN).kinds == ("format", "no_seg")
+    assert judge(right.replace("Images:", f"Images: The {o} is on the left."), r, None, ANN).kinds == ("false_step",)
+    assert judge(right.replace("Images:", f"Images: The {o} is on the left."), r).kinds == ()  # facts need the sidecar
+    wrong = judge(right.replace(f"The target is {r['category']}.", f"The target is {o}."), r, None, ANN)
+    assert wrong.kinds == ("wrong_class", "false_step") and wrong.target == o and list(wrong.false_steps) == ["answer"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_oracle_reaches_the_target_and_keeps_true_steps(seed):
+    oc = OracleCorrector(ANN, seed=seed)
+    for k, r in enumerate(ROWS):
+        steps = split_steps(oracle_cot(ANN, r["row"], seed + 7))  # another wording: true steps that differ from the oracle's own
+        liar = ROWS[(k + 5) % len(ROWS)]
+        bad = STEPS[k % 3]
+        steps[bad] = split_steps(oracle_cot(ANN, liar["row"]))[bad] if liar["folder"] != r["folder"] else f"The {_other(r)} is here."
+        steps["answer"] = f"The target is {_other(r)}."
+        wrong = " ".join(f"{STEP_HEADERS[s]} {steps[s]}" for s in STEPS) + " " + SEG_SENTENCE
+        j = judge(wrong, r, 0.9, ANN)
+        fixed = oc([Case(wrong, r, j)])[0]
+        assert parse_answer(fixed).target == parse_answer(oracle_cot(ANN, r["row"])).target, (k, fixed)
+        assert judge(fixed + " " + SEG_SENTENCE, r, 0.9, ANN).kinds == ()
+        for s in STEPS:
+            if s not in j.false_steps and s != "answer": assert split_steps(fixed)[s] == steps[s], (k, s)
+
+
+def test_splice():
+    ans = splice_reflective("  Images: a bell.\n Answer: The target is bell.  It is [SEG]. ", "Images: a drum. Answer: The target is drum.", "drum")
+    assert ans == "Images: a bell. Answer: The target is bell. Wait, let me reconsider. Images: a drum. Answer: The target is drum. It is [SEG]."
+    p = parse_answer(ans)
+    assert (ans.count(TRIGGER), ans.count(SEG_TOKEN), p.target, p.format_ok) == (1, 1, "drum", True)
+    twice = splice_reflective(f"x {TRIGGER} y It is bell [SEG].", f"{TRIGGER} Answer: the drum It is [SEG].", "drum")
+    assert twice.count("reconsider") == 1 and twice.count(SEG_TOKEN) == 1 and twice.endswith("The target is drum. It is [SEG].")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model(get_config("tiny", {"eval.max_new_tokens": 12, "eval.batch_size": 2}))
+
+
+def test_model_corrector_filter(tiny):
+    ds = RefAVSDataset(ROOT, "train"); r = ROWS[0]
+    cases = [Case("Answer: The target is bell. It is [SEG].", r, judge("", r), ds[0]), Case("x", r, judge("", r), ds[1])]
+    mc = ModelCorrector.from_model(tiny)  # an untrained thinker: whatever it writes names no right class
+    assert mc(cases) == [None, None] and (mc.kept, mc.dropped) == (0, 2)
+    good = oracle_cot(ANN, r["row"])
+    stub = ModelCorrector(lambda cs: [good.replace(f"is {r['category']}.", f"is {_other(r)}."), good + " It is [SEG]."])
+    assert stub(cases) == [None, good] and (stub.kept, stub.dropped) == (1, 1)
+
+
+def test_find_wrong_paths_resumes(tiny, tmp_path):
+    out = tmp_path / "judged.jsonl"
+    first = find_wrong_paths(tiny, split="train", out_path=out, k=1, limit=3, checkpoint="c1", progress=False)
+    assert [(r["index"], r["sample"]) for r in first] == [(i, s) for i in range(3) for s in (0, 1)]
+    assert all(r["kinds"] and 0 <= r["iou"] <= 1 and r["checkpoint"] == "c1" for r in first)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:4]) + lines[4][:20])  # killed while writing the 5th line
+    again = find_wrong_paths(tiny, split="train", out_path=out, k=1, limit=3, checkpoint="c1", progress=False)
+    assert [(r["index"], r["sample"], r["text"]) for r in again] == [(r["index"], r["sample"], r["text"]) for r in first]
+    with pytest.raises(ValueError, match="checkpoint 'c1'"):
+        find_wrong_paths(tiny, split="train", out_path=out, k=1, limit=3, checkpoint="c2", progress=False)
+
+
+class _Kill(Exception): pass
+
+
+def test_stage_reflect_cli_builds_data_and_resumes(tmp_path, monkeypatch):
+    root = tmp_path / "synth"
+    make_synthetic_refavs(root, n_videos=4, seed=3)
+    over = [f"data.root={root}", "eval.max_new_tokens=12", "stages.reflect.max_steps=4", "stages.reflect.save_steps=2",
+            "stages.reflect.batch_size=2", "stages.reflect.logging_steps=1", "stages.reflect.kd_weight=0.0"]
+    torch.manual_seed(0)
+    save_pretrained(build_model(get_config("tiny", over)), tmp_path / "sft" / "model")
+    args = argparse.Namespace(stage="reflect", preset="tiny", config=None, overrides=over, out=str(tmp_path / "run"),
+                              init=str(tmp_path / "sft"), teacher=None, data_file=None, no_progress=True)
+    step, calls = AuroraSFTTrainer.training_step, []
+    def counted(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3 and kill: raise _Kill()
+        return step(self, *a, **k)
+    monkeypatch.setattr(AuroraSFTTrainer, "training_step", counted)
+    kill = True
+    with pytest.raises(_Kill): train_main(args)
+    data = [json.loads(l) for l in (tmp_path / "run" / REFLECT_FILE).read_text().splitlines()]
+    assert data and all(d["kind"] in ("reflective", "plain") and parse_answer(d["answer"]).target == d["category"] for d in data)
+    assert any(d["kind"] == "reflective" and d["corrector"] == "oracle" and d["errors"] for d in data)
+    judged = (tmp_path / "run" / JUDGED_FILE).stat().st_mtime_ns
+    calls.clear(); kill = False
+    assert train_main(args) == 0
+    assert len(calls) == 2  # resumed from checkpoint-2: two steps left, not four
+    assert (tmp_path / "run" / JUDGED_FILE).stat().st_mtime_ns == judged and (tmp_path / "run" / "model").is_dir()

@@ -18,16 +18,16 @@ from pathlib import Path
 import aurora_nb
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'PIPELINE_STEPS', 'is_built', 'resolve_handler',
-           'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand', 'config_main', 'write_status',
-           'run_main', 'main']
+__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'PIPELINE_STEPS', 'is_built',
+           'resolve_handler', 'train_main', 'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand',
+           'config_main', 'write_status', 'run_main', 'main']
 
 # %% ../nbs/13a_cli.ipynb #cl0regc
 SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
     "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_main"),
     "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_main"),
     "cot": ("write CoT data with the oracle or a teacher model", None),
-    "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", "aurora_nb.sft:train_main"),
+    "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", "aurora_nb.cli:train_main"),
     "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
     "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
     "run": ("all stages, then evaluation and a report (runs what is built so far)", "aurora_nb.cli:run_main"),
@@ -49,6 +49,14 @@ def resolve_handler(name: str):
     handler = getattr(importlib.import_module(module), func, None)
     if handler is None: raise AttributeError(f"{module} has no function {func!r}, which SUBCOMMANDS names as the handler of 'aurora-nb {name}'")
     return handler
+
+TRAIN_HANDLERS = {"grpo": "aurora_nb.grpo:train_grpo_main"}  # stages with a trainer of their own; the others: the SFT trainer
+
+def train_main(args: argparse.Namespace) -> int:
+    "`aurora-nb train`: the handler of `args.stage` (`TRAIN_HANDLERS`, else `aurora_nb.sft:train_main`), imported now."
+    module, func = TRAIN_HANDLERS.get(args.stage, "aurora_nb.sft:train_main").split(":")
+    return getattr(importlib.import_module(module), func)(args)
+
 
 # %% ../nbs/13a_cli.ipynb #cl0cfgc
 def add_config_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -124,11 +132,12 @@ def _infer_args(p):
 
 def _train_args(p):
     p.add_argument("--stage", required=True, choices=("teacher", "sft", "reflect", "grpo"), help="teacher: stage 0 (answers "
-                   "'It is <class> [SEG].'); sft: stage 1 (CoT answers, distilled towards --teacher); reflect and grpo: not built yet")
+                   "'It is <class> [SEG].'); sft: stage 1 (CoT answers, distilled towards --teacher); reflect: not built yet; grpo: stage 3 (GRPO from --init, the "
+                   "stage-2 run; settings from --config, else --preset, else that model's config, then KEY=VALUE)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoint-<step>/, model/, config.yaml, logs/ "
                    "(TensorBoard); running the same command again resumes from the last checkpoint")
     p.add_argument("--init", metavar="DIR", default=None, help="start from this model (a run folder or its model/ folder); "
-                   "stage sft starts from --teacher by default")
+                   "stage sft starts from --teacher by default; stage grpo needs it")
     p.add_argument("--teacher", metavar="DIR", default=None, help="the stage-0 run that stage sft distils towards (its [SEG] "
                    "embeddings are computed once and stored in --out)")
     p.add_argument("--data-file", metavar="FILE", default=None, help="CoT JSONL file for stage sft (default: the oracle CoT of "

@@ -18,9 +18,9 @@ from pathlib import Path
 import aurora_nb
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'PIPELINE_STEPS', 'is_built',
-           'resolve_handler', 'train_main', 'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand',
-           'config_main', 'write_status', 'run_main', 'main']
+__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'is_built', 'resolve_handler',
+           'train_main', 'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand', 'config_main',
+           'main']
 
 # %% ../nbs/13a_cli.ipynb #cl0regc
 SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
     "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", "aurora_nb.cli:train_main"),
     "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
     "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
-    "run": ("all stages, then evaluation and a report (runs what is built so far)", "aurora_nb.cli:run_main"),
+    "run": ("all stages, then evaluation and a report (see the pipeline chapter)", "aurora_nb.pipeline:run_main"),
     "bench": ("throughput benchmarks", None),
     "config": ("print the resolved configuration as YAML", "aurora_nb.cli:config_main"),
 }
@@ -147,7 +147,16 @@ def _train_args(p):
 
 def _run_args(p):
     add_config_args(p)
-    p.add_argument("--name", default=None, help="run name (default: the config's name, i.e. the preset); outputs go to <output_dir>/<name>/")
+    p.add_argument("--out", metavar="DIR", default=None, help="run folder (default: <output_dir>/<name>/); running the same "
+                   "command again continues where it stopped")
+    p.add_argument("--name", default=None, help="run name (default: the config's name, i.e. the preset), used when --out is not given")
+    p.add_argument("--data", metavar="ROOT", default=None, help="a Ref-AVS root to train and evaluate on (sets data.root and "
+                   "data.synth_videos=0)")
+    p.add_argument("--cot-file", metavar="FILE", default=None, help="CoT JSONL of the training split (needed on real data; "
+                   "a synthetic benchmark uses its oracle)")
+    p.add_argument("--plan", "--dry-run", action="store_true", help="print the steps and their folders, check the data and "
+                   "the CoT source, load no model and write nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (the step lines stay)")
 
 PARSER_ARGS = {"synth": _synth_args, "check-data": _check_data_args, "eval": _eval_args, "infer": _infer_args,
                "train": _train_args, "run": _run_args, "config": add_config_args}  # subcommands not listed have no options yet
@@ -182,91 +191,6 @@ def config_main(args: argparse.Namespace) -> int:
     from aurora_nb.config import config_to_dict
     cfg = config_from_args(args)
     sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, width=120))
-    return 0
-
-# %% ../nbs/13a_cli.ipynb #cl0runc
-PIPELINE_STEPS: list[tuple[str, str]] = [  # (step, subcommand that implements it)
-    ("check the data", "check-data"),
-    ("write CoT data", "cot"),
-    ("stage 0: teacher", "train"),
-    ("stage 1: CoT SFT + distillation", "train"),
-    ("stage 2: reflective SFT", "train"),
-    ("stage 3: GRPO", "train"),
-    ("evaluate and report", "eval"),
-]
-
-def write_status(run_dir: Path,  # the run folder
-                 status: str,  # running, finished or failed
-                 ran: list[str],  # steps that completed
-                 missing: list[str],  # steps not built yet
-                 failed: str | None = None,  # the step that failed
-                 why: str | None = None,  # what went wrong, in a few lines
-                ) -> Path:
-    "Write `run_dir/STATUS.txt`, the run's state in plain `key: value` lines."
-    lines = [f"status: {status}", f"ran: {', '.join(ran) or 'config only'}", f"not built yet: {', '.join(missing) or 'nothing'}"]
-    if failed: lines.append(f"failed step: {failed}")
-    if why: lines.append("why: " + why.strip().replace("\n", "\n     "))
-    lines.append(f"{status}: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
-    path = Path(run_dir) / "STATUS.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-# %% ../nbs/13a_cli.ipynb #cl0tail
-class _Tee(io.TextIOBase):
-    "A text stream that passes writes through to `out` and keeps the last `n` non-empty lines."
-    def __init__(self, out, n: int = 4): self.out, self.lines, self._part = out, collections.deque(maxlen=n), ""
-    def write(self, s: str) -> int:
-        self.out.write(s)
-        *done, self._part = (self._part + s).replace("\r", "\n").split("\n")
-        self.lines.extend(l for l in done if l.strip())
-        return len(s)
-    def flush(self): self.out.flush()
-    def tail(self) -> str: return "\n".join([*self.lines, *([self._part] if self._part.strip() else [])][-self.lines.maxlen:])
-
-def _step_argv(sub: str, cfg, run_dir: Path) -> list[str]:
-    "The command-line arguments `run` gives to the handler of pipeline subcommand `sub`."
-    from aurora_nb.config import resolve_path
-    if sub == "check-data": return [str(resolve_path(cfg.data.root))] + ([] if sys.stderr.isatty() else ["--no-progress"])
-    if sub == "eval": return ["--model", str(run_dir / "model"), "--split", "val", "--out", str(run_dir / "eval"), "--config", str(run_dir / "config.yaml")]
-    return []
-
-def _why(code, *tails: str) -> str:
-    "Why a step failed: its exit code and the last lines it printed."
-    return "\n".join([f"exit code {code}", *(t for t in tails if t.strip())])
-
-# %% ../nbs/13a_cli.ipynb #cl0runm
-def run_main(args: argparse.Namespace) -> int:
-    "Run every built pipeline step for a config, say plainly which are not built yet, and record the outcome in STATUS.txt."
-    from aurora_nb.config import config_hash, save_config
-    cfg = config_from_args(args)
-    if args.name: cfg.name = args.name
-    run_dir = Path(cfg.output_dir) / cfg.name
-    save_config(cfg, run_dir / "config.yaml")
-    print(f"aurora-nb run: preset {cfg.preset!r}, config {config_hash(cfg)} -> {run_dir / 'config.yaml'}")
-    ran, missing = [], [step for step, sub in PIPELINE_STEPS if not is_built(sub)]
-    write_status(run_dir, "running", ran, missing)
-    for i, (step, sub) in enumerate(PIPELINE_STEPS):
-        if step in missing: print(f"  [not built yet] {step}"); continue
-        if any(s in missing for s, _ in PIPELINE_STEPS[:i]):  # each step reads what the steps before it wrote
-            print(f"  [skipped: needs the steps before it] {step}"); continue
-        argv = _step_argv(sub, cfg, run_dir)
-        print(f"  [run] {step}: aurora-nb {sub} {' '.join(argv)}")
-        out, err = _Tee(sys.stdout), _Tee(sys.stderr)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                rc = int(resolve_handler(sub)(parse_subcommand(sub, argv)) or 0)
-        except BaseException as e:  # record the failure, then let it surface as usual
-            write_status(run_dir, "failed", ran, missing, f"{step} (aurora-nb {sub})",
-                         _why(e.code, err.tail()) if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}")
-            raise
-        if rc != 0:
-            write_status(run_dir, "failed", ran, missing, f"{step} (aurora-nb {sub})", _why(rc, err.tail(), out.tail()))
-            print(f"aurora-nb run: step {step!r} failed with exit code {rc}; stopping (see {run_dir / 'STATUS.txt'}).")
-            return rc
-        ran.append(step)
-    print(f"ran: {', '.join(ran) or 'nothing but the config'}")
-    if missing: print(f"not built yet: {', '.join(missing)}. No model was trained and no results were produced.")
-    write_status(run_dir, "finished", ran, missing)
     return 0
 
 # %% ../nbs/13a_cli.ipynb #cl0mainc

@@ -30,7 +30,7 @@ $(STAMP): settings.ini setup.py pyproject.toml
 	@echo "installed aurora_nb into $(VENV)/"
 
 demo: install  ## run the whole pipeline on the bundled synthetic benchmark (tiny preset)
-	$(BIN)/aurora-nb run --preset tiny
+	$(BIN)/aurora-nb run --preset tiny --out runs/demo
 
 export: install  ## write aurora_nb/ from the notebooks
 	$(BIN)/nbdev_export

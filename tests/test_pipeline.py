@@ -1,0 +1,84 @@
+"""`aurora-nb run` end to end through the console script: every artifact, kill-and-resume, a failing stage, the plan."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).with_name("aurora-nb"))
+STAGES = ("teacher", "sft", "reflect", "grpo")
+SPLITS = ("val", "test_s", "test_u", "test_n")
+# two optimizer steps per stage on the committed sample, two rows per split, eight new tokens: minutes, not a result
+SHORT = ["data.root=data/synth", "data.synth_videos=0", "eval.limit=2", "eval.max_new_tokens=8", "stages.grpo.batch_size=1",
+         "stages.grpo.max_new_tokens=8", "stages.grpo.num_generations=2", "stages.grpo.kl_beta=0"] + [
+        f"stages.{s}.{k}={v}" for s in STAGES for k, v in
+        dict(max_steps=2, save_steps=2, warmup_steps=0, logging_steps=1, batch_size=2).items() if not (s == "grpo" and k == "batch_size")]
+
+
+def run(out, *extra, env=None, timeout=900):
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run([EXE, "run", "--out", str(out), "--no-progress", *SHORT, *extra], capture_output=True, text=True,
+                          cwd=ROOT, env=e, timeout=timeout)
+
+
+def test_run_killed_after_stage_1_resumes_and_writes_every_artifact(tmp_path):
+    out = tmp_path / "run"
+    r = run(out, env={"AURORA_NB_STOP_AFTER": "sft"})  # ends the process abruptly after stage 1's marker, like a kill
+    assert r.returncode == 75, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (out / "done" / "sft.json").is_file() and not (out / "done" / "reflect.json").exists()
+    teacher = {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*") if p.is_file()}
+    r = run(out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stage 0: teacher: done earlier" in r.stdout and "stage 1: CoT SFT + distillation: done earlier" in r.stdout
+    assert {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*") if p.is_file()} == teacher  # stage 0 not recomputed
+    assert f"report: {out / 'report.md'}" in r.stdout
+    for f in ("report.md", "report.html", "results.json", "config.yaml", "cot/cot.jsonl", "figures/curves.png"):
+        assert (out / f).is_file(), f
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    for s in STAGES:
+        assert (out / s / "model" / "aurora_config.yaml").is_file(), s
+        for sp in SPLITS: assert (out / "eval" / s / sp / "metrics.json").is_file(), (s, sp)
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "ok" and [e["status"] for e in res["steps"]] == ["done"] * 11
+    names = ["stage 0: teacher", "stage 1: CoT SFT + distillation", "stage 2: reflective SFT", "stage 3: GRPO",
+             "empty", "full", "union", "random-object"]
+    assert list(res["table"]) == names
+    report = (out / "report.md").read_text()
+    for n in names: assert f"| {n} |" in report, n
+    for name, row in res["table"].items():
+        for k in ("Seen J", "Seen F", "Unseen J", "Unseen F", "Mix J&F", "Null S", "right object", "val J"):
+            assert isinstance(row[k], float) and 0 <= row[k] <= 1, (name, k, row[k])
+        if not name.startswith("stage"): continue
+        for k in ("right class", "[SEG] fallback", "format"): assert 0 <= row[k] <= 1, (name, k, row[k])
+    assert res["table"]["empty"]["Seen J"] == 0 and res["table"]["full"]["Null S"] == 1  # the references mean what they say
+    assert set(res["audio_probe"]) == {"real", "muted", "shuffled"}
+
+
+def test_a_failing_stage_leaves_a_report_naming_it_and_a_changed_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    r = run(out, env={"AURORA_NB_FAIL_IN": "teacher"})
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (out / "done" / "data.json").is_file() and not (out / "done" / "teacher.json").exists()
+    report = (out / "report.md").read_text()
+    assert report.startswith("# aurora_nb run: failed") and "## Failed step: stage 0: teacher" in report
+    assert "failure injected by AURORA_NB_FAIL_IN=teacher" in report
+    assert json.loads((out / "results.json").read_text())["steps"][1]["status"] == "failed"
+    r = run(out, "eval.limit=3")
+    assert r.returncode == 2 and "other settings" in r.stderr and "eval.limit" in r.stderr, r.stderr
+
+
+def test_full_preset_plan_checks_config_data_and_paths_without_weights(tmp_path):
+    r = subprocess.run([EXE, "run", "--preset", "full", "--data", "data/synth", "--out", str(tmp_path / "full"), "--plan"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Qwen/Qwen2.5-Omni-7B" in r.stdout and "data: OK" in r.stdout and "oracle" in r.stdout
+    for title in ("stage 0: teacher", "stage 3: GRPO", "reference predictors"): assert title in r.stdout
+    assert str(tmp_path / "full" / "eval" / "teacher") in r.stdout
+    assert not (tmp_path / "full").exists()  # a plan writes nothing
+    r = subprocess.run([EXE, "run", "--preset", "full", "--data", str(tmp_path / "nothing"), "--plan"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1 and "missing-csv" in r.stdout, r.stdout + r.stderr

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['ADV_EPS', 'MODALITY_KEYS', 'MASK_LOSS_ON', 'group_advantages', 'zero_spread', 'clipped_objective', 'kl_k3',
-           'masked_sequence_mean', 'GRPOLoss', 'grpo_loss', 'modality_inputs', 'repeat_group', 'Rollouts',
-           'sample_group', 'token_pass', 'collate_items', 'AuroraGRPOTrainer', 'train_grpo_main']
+__all__ = ['ADV_EPS', 'MODALITY_KEYS', 'MASK_LOSS_ON', 'ARCH_KEYS', 'group_advantages', 'zero_spread', 'clipped_objective',
+           'kl_k3', 'masked_sequence_mean', 'GRPOLoss', 'grpo_loss', 'modality_inputs', 'repeat_group', 'Rollouts',
+           'sample_group', 'token_pass', 'collate_items', 'average_gradients', 'AuroraGRPOTrainer', 'grpo_config',
+           'train_grpo', 'train_grpo_main']
 
 # %% ../nbs/10_grpo.ipynb #g10imp2
 import torch
@@ -115,21 +116,28 @@ def grpo_loss(logps: torch.Tensor,  # [N, T] completion-token log-probs under th
                     _token_mean(kl.detach(), mask), _token_mean(clipped.float(), mask))
 
 # %% ../nbs/10_grpo.ipynb #g10trimp
+import contextlib
+import dataclasses
+import json
 import math
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, TrainerState
 
-from .config import resolve_path
+from .config import AuroraConfig, ConfigError, apply_overrides, config_diff, get_config, load_config, save_config
 from .cot import build_messages
 from .losses import bce_loss, dice_loss
 from .model import (MM_SUPPRESS, THINKER_INPUTS, AuroraCollator, AuroraModel, answer_rows, decode_masks,
                     masks_to_original, seg_hidden_states, thinker_base)
 from .rewards import reward_weights, score_rewards
+from .sft import HISTORY_FILE, MODEL_DIR, RUN_CONFIG, _check_resume, model_dir, training_args
 
 # %% ../nbs/10_grpo.ipynb #g10mm
 MODALITY_KEYS = ("pixel_values_videos", "video_grid_thw", "input_features", "feature_attention_mask")  # video + audio
@@ -251,16 +259,31 @@ def collate_items(items: list) -> dict:
 
 MASK_LOSS_ON = ("all", "best")
 
+def average_gradients(model: torch.nn.Module,  # the same trainable parameters on every process
+                      world: int,  # number of processes
+                     ) -> None:
+    "All-reduce the trainable parameters' gradients (one flat buffer) and divide by `world`; a missing grad counts as 0."
+    ps = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    i = 0
+    for p in ps:
+        p.grad = flat[i:i + p.numel()].view_as(p).clone(); i += p.numel()
+
 class AuroraGRPOTrainer(Trainer):
     "GRPO on the omni model: G shared-prefill rollouts per prompt, rewards, group advantages, clipped loss + β·KL + masks."
     def __init__(self, model: AuroraModel, args: TrainingArguments, train_dataset,
                  stage=None,  # a `GRPOStage`; None: `model.config.stages.grpo`
                  weights: dict | None = None,  # reward name -> weight; None: from the stage
-                 filter_zero_spread: bool = False,  # drop groups whose G rewards are equal from the policy term
-                 mask_loss_on: str = "all",  # "all" rollouts with a [SEG] (release) or the "best" one per group
+                 filter_zero_spread: bool | None = None,  # drop equal-reward groups from the policy term; None: the stage's
+                 mask_loss_on: str | None = None,  # "all" rollouts with a [SEG] (release) or the "best" one; None: the stage's
                  **kwargs):
         self.stage = stage or model.config.stages.grpo
-        if mask_loss_on not in MASK_LOSS_ON: raise ValueError(f"mask_loss_on must be one of {MASK_LOSS_ON}, got {mask_loss_on!r}")
+        filter_zero_spread = self.stage.filter_zero_spread if filter_zero_spread is None else filter_zero_spread
+        mask_loss_on = self.stage.mask_loss_on if mask_loss_on is None else mask_loss_on
+        if mask_loss_on not in MASK_LOSS_ON:
+            raise ValueError(f"stages.grpo.mask_loss_on must be one of {MASK_LOSS_ON}, got {mask_loss_on!r}")
         if self.stage.kl_beta != 0 and not hasattr(model.thinker, "disable_adapter"):
             raise ValueError("stages.grpo.kl_beta > 0 needs LoRA adapters on the thinker (the reference is the model with "
                              "them disabled); set model.trainable=lora or stages.grpo.kl_beta=0")
@@ -328,10 +351,19 @@ class AuroraGRPOTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        "Mean of the group losses of the micro-batch's prompts."
+        "Mean of the group losses of the micro-batch's prompts (on the unwrapped model; `training_step` syncs the grads)."
         net = self.accelerator.unwrap_model(model)
         loss = torch.stack([self.group_step(net, it) for it in inputs["items"]]).mean()
         return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        "One micro-step; with several processes the gradients are averaged over them explicitly at each optimizer step."
+        n = self.accelerator.num_processes
+        # the step samples and scores through the unwrapped model, so DDP's hooks never see a forward: keep them out
+        with model.no_sync() if n > 1 and hasattr(model, "no_sync") else contextlib.nullcontext():
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if n > 1 and self.accelerator.sync_gradients: average_gradients(self.model, n)
+        return loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         "Add the mean of each metric since the last log."
@@ -341,25 +373,89 @@ class AuroraGRPOTrainer(Trainer):
         super().log(logs, start_time)
 
 # %% ../nbs/10_grpo.ipynb #g10main
-def train_grpo_main(args) -> int:
-    "Handler of `aurora-nb train --stage grpo`: args.init (a stage-2 model folder), args.out, and the config overrides."
-    from aurora_nb.model import apply_trainable_policy, from_pretrained
-    overrides = list(getattr(args, "overrides", None) or [])
-    model = from_pretrained(args.init, overrides)
-    if hasattr(model.thinker, "merge_and_unload"): model.thinker = model.thinker.merge_and_unload()  # stage 2 = reference
-    apply_trainable_policy(model, verbose=True)  # fresh adapters: the policy starts equal to the reference (KL 0)
-    from aurora_nb.data import RefAVSDataset
-    cfg, st = model.config, model.config.stages.grpo
-    ds = RefAVSDataset(resolve_path(cfg.data.root), "train", num_frames=cfg.data.num_frames)
-    args_t = TrainingArguments(output_dir=str(args.out), per_device_train_batch_size=st.batch_size,
-                               gradient_accumulation_steps=st.grad_accum, max_steps=st.max_steps, learning_rate=st.lr,
-                               warmup_steps=st.warmup_steps, lr_scheduler_type=st.lr_schedule, weight_decay=st.weight_decay,
-                               adam_beta1=st.adam_beta1, adam_beta2=st.adam_beta2, max_grad_norm=st.max_grad_norm,
-                               save_steps=st.save_steps, logging_steps=st.logging_steps, seed=st.seed, report_to=[],
-                               remove_unused_columns=False, use_cpu=not torch.cuda.is_available())
-    tr = AuroraGRPOTrainer(model, args_t, ds)
-    ckpt = getattr(args, "resume", None)
-    tr.train(resume_from_checkpoint=ckpt if ckpt else None)
+ARCH_KEYS = tuple(f"model.{k}" for k in ("thinker", "segmenter", "from_scratch", "tokenizer", "thinker_size", "sam_size",
+                                          "seg_token", "prompt_dim", "sam_image_size"))  # fixed by the --init weights
+
+def grpo_config(init: str | Path,  # the stage-2 run folder (or its model/ folder)
+                preset: str | None = None,  # start from this preset's settings instead of the init model's
+                config: str | Path | None = None,  # or from this saved config.yaml
+                overrides=(),  # dotted KEY=VALUE overrides, applied last
+               ) -> AuroraConfig:
+    "Stage 3's settings: --config, else --preset, else the --init model's own config; overrides last; the architecture is the init model's."
+    if preset and config: raise ConfigError("give --preset or --config, not both")
+    from aurora_nb.model import CONFIG_FILE
+    saved = get_config(path=model_dir(init) / CONFIG_FILE)
+    cfg = get_config(preset or "tiny", path=config) if (preset or config) else saved
+    cfg = apply_overrides(dataclasses.replace(cfg, model=saved.model), overrides)
+    bad = {k: v for k, v in config_diff(saved, cfg).items() if k.split(".")[0] + "." + k.split(".")[1] in ARCH_KEYS}
+    if bad: raise ConfigError(f"{model_dir(init) / CONFIG_FILE}: the architecture comes from --init; overrides {bad} (init, here) "
+                              "would not fit its weights (the adapters' settings, model.lora.* and model.trainable, may change)")
+    if cfg.stages.grpo.kl_beta != 0 and (cfg.model.trainable != "lora" or not cfg.model.lora.enabled):
+        raise ConfigError(f"stages.grpo.kl_beta={cfg.stages.grpo.kl_beta} needs LoRA adapters (the reference is the model with "
+                          f"them disabled), but model.trainable={cfg.model.trainable!r}: add model.trainable=lora or stages.grpo.kl_beta=0")
+    return cfg
+
+
+# %% ../nbs/10_grpo.ipynb #g10save
+def _save_grpo_model(model: AuroraModel, out: Path) -> Path:
+    "`save_pretrained`, plus the merged stage-2 weights under the fresh adapters when no base checkpoint holds them."
     from aurora_nb.model import save_pretrained
-    save_pretrained(model, Path(args.out) / "final")
+    merged = [p for n, p in model.named_parameters() if ".base_layer." in n and not p.requires_grad]
+    for p in merged: p.requires_grad_(True)  # save_pretrained writes the weights that train
+    try: return save_pretrained(model, out)
+    finally:
+        for p in merged: p.requires_grad_(False)
+
+def train_grpo(cfg: AuroraConfig,  # the run config (`grpo_config`)
+               init: str | Path,  # the stage-2 run folder (or its model/ folder)
+               out_dir: str | Path,  # checkpoints, the final model (`model/`), the resolved config, the log history
+               callbacks=(),  # extra `TrainerCallback`s
+               progress: bool = True,  # tqdm bars and printed log lines
+              ) -> AuroraGRPOTrainer:
+    "Stage 3 into `out_dir`, resuming from its last checkpoint; the final model goes to `out_dir/model`."
+    from aurora_nb.model import apply_trainable_policy, from_pretrained
+    from aurora_nb.data import RefAVSDataset
+    out, st = Path(out_dir), cfg.stages.grpo
+    model = from_pretrained(model_dir(init))
+    if hasattr(model.thinker, "merge_and_unload"): model.thinker = model.thinker.merge_and_unload()  # stage 2 = the reference
+    model.config = cfg
+    apply_trainable_policy(model, verbose=False)  # fresh adapters: the policy starts equal to the reference (KL 0)
+    resume = _check_resume(out, cfg)
+    args = training_args(st, out, cfg.data.num_workers, progress, ddp_find_unused_parameters=False)
+    if args.process_index == 0: save_config(cfg, out / RUN_CONFIG)
+    ds = RefAVSDataset.from_config(cfg.data, cfg.data.train_split)
+    tr = AuroraGRPOTrainer(model, args, ds, callbacks=list(callbacks))
+    if not progress: tr.remove_callback(PrinterCallback)
+    done = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME)) if resume else None
+    if done is not None and done.global_step >= args.max_steps:  # finished: load it (the Trainer would take one more step)
+        tr._load_from_checkpoint(resume)
+        tr.state = done
+    else: tr.train(resume_from_checkpoint=resume)
+    if tr.is_world_process_zero():
+        _save_grpo_model(model, out / MODEL_DIR)
+        (out / HISTORY_FILE).write_text(json.dumps(tr.state.log_history, indent=0) + "\n")
+    return tr
+
+
+# %% ../nbs/10_grpo.ipynb #g10main2
+def train_grpo_main(args) -> int:
+    "`aurora-nb train --stage grpo`: --init (the stage-2 run), --out, --preset/--config and overrides (see `grpo_config`)."
+    for opt in ("teacher", "data_file"):
+        if getattr(args, opt, None):
+            print(f"aurora-nb train: error: --{opt.replace('_', '-')} is for stage sft; stage grpo samples its own answers",
+                  file=sys.stderr)
+            return 2
+    if not getattr(args, "init", None):
+        print("aurora-nb train: error: stage grpo starts from the stage-2 model: give its run folder (--init DIR)", file=sys.stderr)
+        return 2
+    try:
+        cfg = grpo_config(args.init, getattr(args, "preset", None), getattr(args, "config", None), getattr(args, "overrides", None) or ())
+        tr = train_grpo(cfg, args.init, args.out, progress=not getattr(args, "no_progress", False))
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, ConfigError): raise
+        print(f"aurora-nb train: error: {e}", file=sys.stderr)
+        return 2
+    if tr.is_world_process_zero():
+        print(f"aurora-nb train: stage grpo at step {tr.state.global_step}; model in {Path(args.out) / MODEL_DIR}")
     return 0
+

@@ -1,0 +1,127 @@
+"""`aurora-nb train --stage grpo`: the SFT stages' run-folder conventions (model/, config beside it, resume on rerun,
+settings from --init plus overrides, conflicting flags refused), the stage's config fields, and two gloo processes."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aurora_nb.cli import main
+from aurora_nb.config import ConfigError, get_config, load_config
+from aurora_nb.grpo import AuroraGRPOTrainer, grpo_config
+from aurora_nb.model import build_model, from_pretrained
+from aurora_nb.rewards import register_reward, reward_weights
+from aurora_nb.sft import MODEL_DIR, RUN_CONFIG
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+torch.set_num_threads(2)
+SHORT = ["model.trainable=lora", "model.lora.dropout=0.0", "stages.grpo.max_steps=2", "stages.grpo.save_steps=1",
+         "stages.grpo.max_new_tokens=8", "stages.grpo.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    "A stand-in stage-2 run folder: a tiny model saved in DIR/model."
+    d = tmp_path_factory.mktemp("stage2")
+    torch.manual_seed(0)
+    build_model(get_config("tiny")).save_pretrained(d / MODEL_DIR)
+    return d
+
+
+@register_reward("test_vowels", overwrite=True)
+def _vowels(text, **_):
+    "A reward with spread on a random model's text (the built-in ones are all 0 there: no policy signal)."
+    letters = [c for c in text.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / max(len(letters), 1)
+
+
+@pytest.fixture
+def vowels(monkeypatch):
+    monkeypatch.setattr("aurora_nb.grpo.reward_weights", lambda st: {**reward_weights(st), "test_vowels": 1.0})
+
+
+def _train(stage2, out, *extra):
+    return main(["train", "--stage", "grpo", "--init", str(stage2), "--out", str(out), "--no-progress", *SHORT, *extra])
+
+
+def test_settings_come_from_the_init_model_plus_overrides(stage2):
+    c = grpo_config(stage2, overrides=["model.trainable=lora", "stages.grpo.mask_loss_on=best"])
+    assert c.preset == "tiny" and c.stages.grpo.mask_loss_on == "best" and c.model.trainable == "lora"
+    with pytest.raises(ConfigError, match="architecture comes from --init"):
+        grpo_config(stage2, overrides=["model.trainable=lora", "model.prompt_dim=16"])
+    with pytest.raises(ConfigError, match="model.trainable=lora"):  # β > 0 needs adapters: refused before any work
+        grpo_config(stage2)
+    with pytest.raises(ConfigError, match="mask_loss_on"):
+        grpo_config(stage2, overrides=["stages.grpo.mask_loss_on=some"])
+
+
+def test_trainer_reads_filter_and_mask_target_from_the_stage(stage2):
+    c = get_config("tiny", {"model.trainable": "lora", "stages.grpo.filter_zero_spread": True, "stages.grpo.mask_loss_on": "best"})
+    from transformers import TrainingArguments
+    tr = AuroraGRPOTrainer(build_model(c), TrainingArguments("/tmp/unused-grpo", use_cpu=True, report_to=[]), [])
+    assert tr.filter_zero_spread is True and tr.mask_loss_on == "best"
+    tr = AuroraGRPOTrainer(build_model(c), TrainingArguments("/tmp/unused-grpo", use_cpu=True, report_to=[]), [],
+                           mask_loss_on="all")  # an explicit argument wins
+    assert tr.mask_loss_on == "all"
+
+
+def test_conflicting_flags_are_refused(stage2, tmp_path, capsys):
+    assert main(["train", "--stage", "grpo", "--out", str(tmp_path / "a"), *SHORT]) == 2
+    assert "--init" in capsys.readouterr().err
+    assert _train(stage2, tmp_path / "b", "--teacher", str(stage2)) == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_kill_and_rerun_resumes_to_the_weights_of_an_uninterrupted_run(stage2, tmp_path, monkeypatch, capsys, vowels):
+    assert _train(stage2, tmp_path / "a") == 0
+    assert "stage grpo at step 2" in capsys.readouterr().out
+    step = AuroraGRPOTrainer.training_step
+
+    def killed(self, *a, **kw):  # dies in step 2, after checkpoint-1 was written
+        if self.state.global_step == 1: raise KeyboardInterrupt("killed")
+        return step(self, *a, **kw)
+    monkeypatch.setattr(AuroraGRPOTrainer, "training_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _train(stage2, tmp_path / "b")
+    assert (tmp_path / "b" / "checkpoint-1").is_dir() and not (tmp_path / "b" / MODEL_DIR).exists()
+    monkeypatch.setattr(AuroraGRPOTrainer, "training_step", step)
+    assert _train(stage2, tmp_path / "b") == 0  # the same command again
+    hist = json.loads((tmp_path / "b" / "log_history.json").read_text())
+    assert [h["step"] for h in hist if "loss" in h] == [1, 2]  # step 1 from the checkpoint, step 2 after the rerun
+    assert load_config(tmp_path / "b" / RUN_CONFIG).stages.grpo.max_steps == 2
+    sa = from_pretrained(tmp_path / "a" / MODEL_DIR).state_dict()
+    sb = from_pretrained(tmp_path / "b" / MODEL_DIR).state_dict()
+    assert sa.keys() == sb.keys() and any("lora_A" in n for n in sa)
+    for n in sa: torch.testing.assert_close(sa[n], sb[n], atol=1e-6, rtol=0, msg=n)
+    s0 = from_pretrained(stage2 / MODEL_DIR).state_dict()
+    lora = [n for n in sa if "lora_B" in n]
+    assert any(sa[n].abs().sum() > 0 for n in lora)  # the fresh adapters (B = 0 at the start) trained
+    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): t for n, t in sa.items()}
+    assert all(torch.equal(base[n], s0[n]) for n in s0 if n in base and "sam." in n)  # frozen stage-2 weights kept
+    capsys.readouterr()
+    assert _train(stage2, tmp_path / "b", "stages.grpo.lr=1e-3") == 2  # a different run in the same folder is refused
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(BIN)) is None, reason="accelerate CLI not installed")
+def test_two_processes_stay_in_step_and_save_one_model(stage2, tmp_path):
+    out = tmp_path / "ddp"
+    # `--cpu` alone makes accelerate start ONE process (it expects mpirun for more); the torchrun launcher with no visible
+    # GPU starts two CPU processes that talk over gloo
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(ROOT / "tests" / "grpo_ddp_run.py"), str(stage2), str(out), *SHORT, "stages.grpo.save_steps=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-2"]
+    from_pretrained(out / MODEL_DIR)
+    w0, w1 = (torch.load(out / f"weights-rank{k}.pt") for k in (0, 1))
+    assert w0.keys() == w1.keys()
+    for n in w0: torch.testing.assert_close(w0[n], w1[n], atol=0, rtol=0, msg=n)  # gradients averaged over the processes
+    assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # it trained (B starts at 0)

@@ -347,7 +347,8 @@ class AuroraGRPOTrainer(Trainer):
         m["truncated"].append(float(roll.truncated.float().mean())); m["seg_found"].append(float(found.float().mean()))
         m["rollout_s"].append(roll.prefill_s + roll.decode_s)
         self.last_group = dict(texts=texts, rewards={k: v.tolist() for k, v in r.items()}, advantages=adv.tolist(),
-                               masks=masks.detach().cpu(), found=found.tolist(), truncated=roll.truncated.tolist())
+                               masks=masks.detach().cpu(), found=found.tolist(), truncated=roll.truncated.tolist(),
+                               frames=item["frames"], gt=gt.cpu(), expression=item.get("expression"), category=item["category"])
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['GT_COLOR', 'PRED_COLOR', 'overlay_strip', 'score_bars', 'read_log_history', 'plot_curves', 'eval_view', 'browse_eval']
+__all__ = ['GT_COLOR', 'PRED_COLOR', 'overlay_strip', 'score_bars', 'read_log_history', 'plot_curves', 'eval_view', 'browse_eval',
+           'rollout_view', 'browse_rollouts']
 
 # %% ../nbs/12_viz.ipynb #v12imp2
 import matplotlib.pyplot as plt
@@ -121,3 +122,58 @@ def browse_eval(out_dir, n: int = 5):
         out.append_display_data(f); out.append_display_data(Audio(it["audio"], rate=it["sample_rate"]))
     slider.observe(show, names="value"); show()
     return W.VBox([slider, out])
+
+# %% ../nbs/12_viz.ipynb #v12roll
+def _clip_text(text: str, n: int = 160, width: int = 30) -> str:
+    "The head and tail of `text` (at most about n characters), control characters as '·', wrapped to `width` columns."
+    import textwrap
+    t = "".join(ch if ch.isprintable() else "·" for ch in " ".join(text.split()))
+    if len(t) > n: t = t[:n // 2] + " … " + t[-n // 2:]
+    return "\n".join(textwrap.wrap(t, width))
+
+def rollout_view(group: dict,  # `AuroraGRPOTrainer.last_group`: texts, rewards, advantages, masks [G, T, H, W] logits, frames, gt
+                 frame: int = 0,  # which frame to draw
+                 ax_w: float = 2.2):
+    "The G rollouts of one prompt side by side: each one's mask on `frame` under its rewards, advantage and completion."
+    masks = np.asarray(group["masks"], dtype=np.float32) > 0  # [G, T, H, W] σ(logit) > 0.5
+    G, T = masks.shape[:2]
+    if not 0 <= frame < T: raise IndexError(f"frame {frame}: the group has {T} frames")
+    frames = group.get("frames")
+    img = np.asarray(frames[frame]) if frames is not None else np.zeros((*masks.shape[2:], 3), np.uint8)  # [H, W, 3]
+    fig, axs = plt.subplots(1, G + 1, figsize=(ax_w * (G + 1), ax_w * 1.9), squeeze=False)
+    axs = axs[0]
+    gt = group.get("gt")
+    axs[0].imshow(img if gt is None else overlay_mask(img, np.asarray(gt[frame]) > 0, GT_COLOR))
+    axs[0].set_title(f"GT, frame {frame}\n{group.get('category', '')}", fontsize=7)
+    for g in range(G):
+        ax = axs[g + 1]
+        ax.imshow(overlay_mask(img, masks[g, frame], PRED_COLOR))
+        r = {k: v[g] for k, v in group["rewards"].items()}
+        flags = [s for s, on in (("no [SEG]", not group["found"][g]), ("truncated", group["truncated"][g])) if on]
+        head = " ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "total")
+        ax.set_title(f"rollout {g}: total {r.get('total', float('nan')):.2f}, A {group['advantages'][g]:+.2f}\n{head}"
+                     + (f"\n{', '.join(flags)}" if flags else ""), fontsize=6)
+        ax.set_xlabel(_clip_text(group["texts"][g]), fontsize=5, family="monospace")
+    for ax in axs: ax.set_xticks([]); ax.set_yticks([])
+    expr = group.get("expression")
+    if expr: fig.suptitle(repr(expr)[:120], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+def browse_rollouts(group: dict,  # `AuroraGRPOTrainer.last_group`
+                    ax_w: float = 2.2):
+    "An ipywidgets browser over one GRPO group (frame slider, masks and rewards, full completions); shows frame 0 statically too."
+    import ipywidgets as W
+    from IPython.display import display
+    fig = rollout_view(group, 0, ax_w); display(fig); plt.close(fig)  # a static first view for the docs
+    T = np.asarray(group["masks"]).shape[1]
+    slider, out = W.IntSlider(min=0, max=T - 1, description="frame"), W.Output()
+    def show(*_):
+        f = rollout_view(group, slider.value, ax_w); plt.close(f)
+        out.outputs = ()
+        out.append_display_data(f)
+    slider.observe(show, names="value"); show()
+    texts = W.HBox([W.Textarea(value=t, description=f"rollout {g}", layout=W.Layout(width=f"{100 // len(group['texts'])}%", height="10em"))
+                    for g, t in enumerate(group["texts"])])
+    return W.VBox([slider, out, texts])
+

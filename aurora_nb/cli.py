@@ -50,7 +50,8 @@ def resolve_handler(name: str):
     if handler is None: raise AttributeError(f"{module} has no function {func!r}, which SUBCOMMANDS names as the handler of 'aurora-nb {name}'")
     return handler
 
-TRAIN_HANDLERS = {"grpo": "aurora_nb.grpo:train_grpo_main"}  # stages with a trainer of their own; the others: the SFT trainer
+TRAIN_HANDLERS = {"reflect": "aurora_nb.reflect:train_main",  # builds its reflective data, then the SFT trainer
+                  "grpo": "aurora_nb.grpo:train_grpo_main"}  # the other stages: the SFT trainer
 
 def train_main(args: argparse.Namespace) -> int:
     "`aurora-nb train`: the handler of `args.stage` (`TRAIN_HANDLERS`, else `aurora_nb.sft:train_main`), imported now."
@@ -132,7 +133,7 @@ def _infer_args(p):
 
 def _train_args(p):
     p.add_argument("--stage", required=True, choices=("teacher", "sft", "reflect", "grpo"), help="teacher: stage 0 (answers "
-                   "'It is <class> [SEG].'); sft: stage 1 (CoT answers, distilled towards --teacher); reflect: not built yet; grpo: stage 3 (GRPO from --init, the "
+                   "'It is <class> [SEG].'); sft: stage 1 (CoT answers, distilled towards --teacher); reflect: stage 2 (reflective answers from --init, the stage-1 run, distilled towards --teacher); grpo: stage 3 (GRPO from --init, the "
                    "stage-2 run; settings from --config, else --preset, else that model's config, then KEY=VALUE)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoint-<step>/, model/, config.yaml, logs/ "
                    "(TensorBoard); running the same command again resumes from the last checkpoint")
@@ -141,7 +142,7 @@ def _train_args(p):
     p.add_argument("--teacher", metavar="DIR", default=None, help="the stage-0 run that stage sft distils towards (its [SEG] "
                    "embeddings are computed once and stored in --out)")
     p.add_argument("--data-file", metavar="FILE", default=None, help="CoT JSONL file for stage sft (default: the oracle CoT of "
-                   "a synthetic benchmark, written to --out)")
+                   "a synthetic benchmark, written to --out); for stage reflect a reflect.jsonl (default: built from --init's own wrong answers)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_args(p)
 

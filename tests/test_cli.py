@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aurora_nb.cli import SUBCOMMANDS, build_parser, is_built, parse_subcommand
+from aurora_nb.cli import SUBCOMMANDS, build_parser, is_built, main, parse_subcommand
 
 EXE = shutil.which("aurora-nb", path=str(Path(sys.executable).parent)) or shutil.which("aurora-nb")
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +170,16 @@ def test_cli_prints_no_third_party_warning(tmp_path):
         r = cli(*args, cwd=ROOT)
         assert r.returncode == 0, r.stderr
         assert not WARNING.search(r.stderr), f"aurora-nb {args[0]} printed: {r.stderr[-1500:]}"
+
+
+@pytest.mark.parametrize("stage, target", [("reflect", "aurora_nb.reflect"), ("grpo", "aurora_nb.grpo"),
+                                           ("teacher", "aurora_nb.sft"), ("sft", "aurora_nb.sft")])
+def test_train_dispatches_each_stage_to_its_trainer(stage, target, monkeypatch, tmp_path):
+    "`aurora-nb train --stage S` reaches the handler of S's own chapter (reflect builds its data before the SFT trainer)."
+    import importlib
+    mod = importlib.import_module(target)
+    name = "train_grpo_main" if stage == "grpo" else "train_main"
+    seen = []
+    monkeypatch.setattr(mod, name, lambda args: seen.append(args.stage) or 0)
+    assert main(["train", "--stage", stage, "--out", str(tmp_path / "run")]) == 0
+    assert seen == [stage]

@@ -299,6 +299,7 @@ PRESETS: dict[str, dict[str, Any]] = {
            for k, v in {"lr": 1e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1,
                         "save_steps": 30, "logging_steps": 5}.items()},
         "stages.grpo.lr": 1e-4,
+        "stages.grpo.kl_beta": 0.0,  # tiny trains every weight: no adapters to switch off for a reference (β = 0, as released)
         "stages.grpo.warmup_steps": 2,
         "stages.grpo.max_steps": 10,
         "stages.grpo.grad_accum": 1,

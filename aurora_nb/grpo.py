@@ -173,16 +173,16 @@ class Rollouts:
     prefill_s: float = 0.0  # seconds in the prompt pass
     decode_s: float = 0.0  # seconds in the token-by-token decoding
 
-def _filter_logits(logits: torch.Tensor,  # [G, V] float32
-                   temperature: float, top_p: float) -> torch.Tensor:
-    "Temperature then nucleus filtering (the smallest set of tokens whose probability reaches top_p)."
-    x = logits / temperature
-    if top_p < 1.0:
-        srt, idx = x.sort(-1, descending=True)
-        cum = srt.softmax(-1).cumsum(-1)
-        drop = cum - srt.softmax(-1) >= top_p  # tokens after the nucleus is full
-        x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
-    return x
+def _sample_top_p(logits: torch.Tensor,  # [G, V] float32, media placeholders already at -inf
+                  temperature: float, top_p: float,
+                  generator: torch.Generator | None = None,
+                 ) -> torch.Tensor:  # [G] token ids
+    "Temperature, then nucleus sampling (the smallest set of tokens whose probability reaches top_p), in sorted order."
+    probs = (logits / temperature).softmax(-1)  # [G, V]
+    if top_p >= 1.0: return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    srt, idx = probs.sort(-1, descending=True)  # [G, V]
+    srt = srt * ((srt.cumsum(-1) - srt) < top_p)  # tokens after the nucleus is full get weight 0 (multinomial renormalises)
+    return idx.gather(-1, torch.multinomial(srt, 1, generator=generator))[:, 0]
 
 @torch.no_grad()
 def sample_group(model: AuroraModel,
@@ -210,24 +210,21 @@ def sample_group(model: AuroraModel,
     logits = out.logits[:, -1].float().expand(G, -1)  # [G, V]
     t1 = time.perf_counter()
     L = ids.shape[1]
-    am = am.expand(G, -1)
+    am = torch.cat([am, am.new_ones(1, max_new_tokens)], 1).repeat(G, 1)  # [G, L + n] allocated once, sliced per step
+    pos = (L + delta.to(dev)).view(1, -1, 1).expand(3, G, 1)  # [3, G, 1] multimodal rotary positions of the first new token
     toks, lps = [], []
     done = torch.zeros(G, dtype=torch.bool, device=dev)
     for t in range(max_new_tokens):
         lp = logits.log_softmax(-1)  # [G, V] the policy (T = 1), as the teacher-forced pass scores it
         logits = logits.index_fill(-1, suppress, float("-inf"))  # never sample media placeholders
         if greedy: nxt = logits.argmax(-1)
-        else:
-            probs = _filter_logits(logits, temperature, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        else: nxt = _sample_top_p(logits, temperature, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
         toks.append(nxt); lps.append(torch.where(done, 0.0, lp.gather(-1, nxt[:, None])[:, 0]))
         done = done | (nxt == eos)
         if done.all() or t == max_new_tokens - 1: break
-        am = torch.cat([am, torch.ones(G, 1, dtype=am.dtype, device=dev)], 1)
-        pos = (L + t + delta.to(dev)).view(1, -1, 1).expand(3, G, 1)  # [3, G, 1] multimodal rotary positions
         with model.autocast():
-            out = base(input_ids=nxt[:, None], attention_mask=am, position_ids=pos, cache=cache, use_cache=True)
+            out = base(input_ids=nxt[:, None], attention_mask=am[:, :L + t + 1], position_ids=pos + t, cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1].float()
     seqs, lps = torch.stack(toks, 1), torch.stack(lps, 1)  # [G, n]
     rows = []

@@ -132,3 +132,14 @@ def test_two_steps_resume_exactly(tmp_path, ds):
     assert tr.state.global_step == 2
     for n in full:
         torch.testing.assert_close(resumed[n], full[n], atol=1e-6, rtol=0, msg=n)
+
+
+def test_top_p_sampling_keeps_the_nucleus_with_renormalised_probabilities():
+    from aurora_nb.grpo import _sample_top_p
+    p = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted: 0.5, 0.3 reach 0.7; 0.15 and 0.05 fall outside
+    logits = p.log()[None].expand(20000, -1)  # [N, V]
+    x = _sample_top_p(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    assert set(x.tolist()) == {1, 3}
+    assert abs((x == 1).float().mean().item() - 0.5 / 0.8) < 0.02
+    y = _sample_top_p(logits, 1.0, 1.0, torch.Generator().manual_seed(0))  # top_p = 1: the full distribution
+    assert set(y.tolist()) == {0, 1, 2, 3}

@@ -35,6 +35,8 @@ class DataConfig:
     sample_rate: int = 16000  # Hz of the mono audio given to the omni audio encoder
     llm_frames: int = 10  # frames shown to the LLM as a video at 1 fps (all 10, as the paper)
     llm_max_pixels: int = 448 * 448  # per-frame pixel budget of the omni video processor
+    llm_audio_seconds: float = 0.0  # seconds of audio given to the LLM, from the clip start; 0 gives the whole clip (as the paper)
+    system_prompt: str = "official"  # system message of every chat: "official" (the released text), "none" (no system message) or the text itself
     num_workers: int = 2  # DataLoader worker processes
     synth_videos: int = 0  # `aurora-nb run`: > 0 trains and evaluates on a generated synthetic benchmark of this many clips, `data/synth-<N>v-seed<seed>/`, made once from `seed`, instead of `root`
 

@@ -5,6 +5,7 @@
 # %% ../nbs/05_cot.ipynb #c5imp1
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -12,17 +13,18 @@ import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 # %% auto #0
 __all__ = ['SEG_TOKEN', 'STEPS', 'STEP_HEADERS', 'NULL_CLASS', 'TEACHER_ANSWER', 'TARGET_SENTENCE', 'SEG_SENTENCE',
            'SYSTEM_PROMPT', 'USER_PROMPT', 'NULL_SYNONYMS', 'ORACLE_VERSION', 'COT_SOURCES', 'RELEASE_MAX_CHARS',
-           'teacher_answer', 'format_cot', 'cot_answer', 'build_messages', 'with_teacher_answers', 'normalise_class',
-           'ParsedAnswer', 'parse_answer', 'oracle_cot', 'CotRecord', 'read_cot_jsonl', 'cot_done', 'write_cot_jsonl',
-           'oracle_records', 'CotAlignmentError', 'ReleaseCot', 'load_release_cot', 'tokenizer_corpus',
-           'train_tiny_tokenizer', 'make_tiny_tokenizer']
+           'teacher_answer', 'format_cot', 'cot_answer', 'build_messages', 'with_teacher_answers', 'system_message',
+           'chat_builder', 'normalise_class', 'ParsedAnswer', 'parse_answer', 'oracle_cot', 'CotRecord',
+           'read_cot_jsonl', 'cot_done', 'write_cot_jsonl', 'oracle_records', 'CotAlignmentError', 'ReleaseCot',
+           'load_release_cot', 'tokenizer_corpus', 'train_tiny_tokenizer', 'make_tiny_tokenizer']
 
 # %% ../nbs/05_cot.ipynb #c5imp2
+from .config import AuroraConfig
 from .data import read_samples
 from .synth import (CATEGORIES, PITCH_WORDS, RHYTHM_WORDS, TIMBRE_WORDS, make_synthetic_refavs, read_annotations,
                              synthetic_corpus)
@@ -73,6 +75,19 @@ def build_messages(expression: str,  # the referring expression (`exp` column), 
 def with_teacher_answers(items: Sequence[dict]) -> list[dict]:
     "Copies of `items` with `answer` = the teacher's `It is {category} [SEG].`"
     return [{**it, "answer": teacher_answer(it["category"])} for it in items]
+
+# %% ../nbs/05_cot.ipynb #c5sys
+def system_message(setting: str,  # `data.system_prompt`: "official", "none" or the text itself
+                  ) -> str | None:
+    "The system text a `data.system_prompt` value stands for (None: no system turn)."
+    if not isinstance(setting, str) or not setting.strip():
+        raise ValueError(f"data.system_prompt: expected 'official', 'none' or a non-empty text, got {setting!r}")
+    return {"official": SYSTEM_PROMPT, "none": None}.get(setting.strip(), setting)
+
+def chat_builder(cfg: AuroraConfig,  # reads data.system_prompt
+                ) -> Callable[[str], list]:
+    "The run's `build_messages`: expression -> chat, with the system message `cfg` asks for (picklable)."
+    return functools.partial(build_messages, system=system_message(cfg.data.system_prompt))
 
 # %% ../nbs/05_cot.ipynb #c5norm
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"

@@ -34,7 +34,7 @@ from .data import SPLITS, RefAVSDataError, RefAVSDataset, load_audio, load_frame
 from .metrics import RefAVSEvaluator, frame_iou, get_protocol, official_gt, resize_logits
 from .synth import CUE_TYPES, read_annotations
 from .model import from_pretrained, predict
-from .cot import build_messages
+from .cot import chat_builder
 
 # %% ../nbs/11_evaluate.ipynb #e11parse
 _TARGET_RES = [re.compile(r"The target is\s+(?:the\s+|a\s+|an\s+)?([A-Za-z][\w-]*(?:[ ][A-Za-z][\w-]*)*?)\s*\."),
@@ -219,7 +219,7 @@ def _predict_logits(model, items: list[dict], max_new_tokens: int | None) -> tup
     sizes: dict[tuple, list[int]] = {}
     for k, it in enumerate(items): sizes.setdefault(tuple(np.asarray(it["frames"]).shape[1:3]), []).append(k)
     for ks in sizes.values():
-        for k, p in zip(ks, predict(model, [items[k] for k in ks], max_new_tokens=max_new_tokens, build_messages=build_messages)):
+        for k, p in zip(ks, predict(model, [items[k] for k in ks], max_new_tokens=max_new_tokens, build_messages=chat_builder(model.config))):
             logits[k], answers[k] = p.mask_logits.float(), dict(text=p.text, fallback=bool(p.used_fallback))
     return logits, answers
 
@@ -441,7 +441,7 @@ def infer(model, clip: dict,  # an AuroraModel and a `read_user_clip` result
           max_new_tokens: int | None = None,
          ) -> dict:
     "Segment the object `expression` refers to in a user's clip: answer, parsed target and binary masks [T, H, W]."
-    p = predict(model, [dict(clip, expression=expression)], max_new_tokens=max_new_tokens, build_messages=build_messages)[0]
+    p = predict(model, [dict(clip, expression=expression)], max_new_tokens=max_new_tokens, build_messages=chat_builder(model.config))[0]
     thr = get_protocol(model.config.eval.protocol).j_threshold
     masks = (torch.sigmoid(p.mask_logits.float()) > thr).numpy().astype(np.uint8)  # [T, H, W] {0, 1}
     res = dict(text=p.text, target=parse_target(p.text), used_fallback=p.used_fallback, masks=masks)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 # %% auto #0
 __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS',
            'LORA_SCOPES', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE', 'PROCESSOR_DIR', 'build_tokenizer',
-           'build_processor', 'videos_kwargs', 'llm_frame_indices', 'sam_resized_hw', 'sam_resize_uint8',
+           'build_processor', 'videos_kwargs', 'llm_frame_indices', 'llm_audio', 'sam_resized_hw', 'sam_resize_uint8',
            'sam_preprocess', 'masks_to_original', 'unpad_masks', 'adapt_sam_image_size', 'seg_hidden_states',
            'SegProjector', 'decode_masks', 'AuroraOutput', 'size_mask', 'thinker_base', 'AuroraModel', 'thinker_config',
            'build_thinker', 'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
@@ -105,6 +105,13 @@ def llm_frame_indices(num_frames: int, llm_frames: int) -> list[int]:
     "Evenly spaced frame indices shown to the LLM (all of them when `llm_frames >= num_frames`)."
     if llm_frames >= num_frames: return list(range(num_frames))
     return np.linspace(0, num_frames - 1, llm_frames).round().astype(int).tolist()
+
+def llm_audio(audio, cfg: AuroraConfig,  # a clip's mono waveform; reads data.llm_audio_seconds / sample_rate
+             ) -> np.ndarray:  # [N] float32
+    "The waveform the LLM hears: the first `data.llm_audio_seconds` seconds (all of it when 0)."
+    a = np.asarray(audio, dtype=np.float32)
+    n = int(round(cfg.data.llm_audio_seconds * cfg.data.sample_rate))
+    return a[:n] if n > 0 else a
 
 # %% ../nbs/04_model.ipynb #m4samc
 SAM_MEAN = (123.675, 116.28, 103.53)
@@ -645,7 +652,7 @@ def enable_embedding_cache(model: AuroraModel, cache_dir: str | Path | None = No
 class AuroraCollator:
     "Items -> a model batch on the CPU: processor tensors, labels, SAM inputs, frame keys and masks. Picklable; no model."
     processor: Qwen2_5OmniProcessor  # the run's processor (`model.processor`)
-    config: AuroraConfig  # reads data.llm_frames / llm_max_pixels, model.sam_image_size / max_length
+    config: AuroraConfig  # reads data.llm_frames / llm_max_pixels / llm_audio_seconds, model.sam_image_size / max_length
     answer_key: str | None = "answer"  # item key of the assistant text; None builds left-padded generation prompts
     check_length: bool = True  # raise when a row exceeds model.max_length (never cut silently)
     frame_keys: bool = True  # hash the frames so the model step can use its SAM embedding cache
@@ -663,7 +670,7 @@ class AuroraCollator:
             answers = [it[self.answer_key] for it in items]
             texts = [t + a + "<|im_end|>" for t, a in zip(texts, answers)]
         videos = [np.asarray(it["frames"])[llm_frame_indices(len(it["frames"]), cfg.data.llm_frames)] for it in items]
-        batch = dict(proc(text=texts, videos=videos, audio=[np.asarray(it["audio"], dtype=np.float32) for it in items],
+        batch = dict(proc(text=texts, videos=videos, audio=[llm_audio(it["audio"], cfg) for it in items],
                           videos_kwargs=videos_kwargs(cfg), padding=True, return_tensors="pt",
                           padding_side="right" if answers is not None else "left"))  # a call argument: no side effect
         lengths = batch["attention_mask"].sum(1)

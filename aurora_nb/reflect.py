@@ -26,7 +26,7 @@ import torch
 
 # %% ../nbs/12b_reflect.ipynb #r12imp3
 from .config import AuroraConfig, ConfigError, get_config, resolve_path
-from .cot import (NULL_CLASS, SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, TARGET_SENTENCE, build_messages,
+from .cot import (NULL_CLASS, SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, TARGET_SENTENCE, chat_builder,
                            normalise_class, oracle_cot, parse_answer)
 from .cot import _motion, _sources, _when, _where  # the oracle's own fact phrasing: one source of truth
 from .data import RefAVSDataset
@@ -210,7 +210,7 @@ class ModelCorrector(Corrector):
         def generate(cases):
             items = [{**c.item, "expression": CORRECTION_PROMPT.format(expression=c.item["expression"], wrong=reasoning_of(c.wrong),
                                                                       category=normalise_class(c.row["category"]))} for c in cases]
-            return [p.text for p in predict(model, items, max_new_tokens, build_messages=build_messages, **gen_kwargs)]
+            return [p.text for p in predict(model, items, max_new_tokens, build_messages=chat_builder(model.config), **gen_kwargs)]
         return cls(generate, name or f"aurora:{weights_fingerprint(model)}")
 
 # %% ../nbs/12b_reflect.ipynb #r12splice
@@ -280,7 +280,7 @@ def find_wrong_paths(model,  # the stage-1 AuroraModel
         for s in range(k + 1):
             kw = {} if s == 0 else dict(do_sample=True, temperature=temperature)
             if s: torch.manual_seed(cfg.seed * 100_003 + start * 101 + s)  # a kill and a rerun draw the same samples
-            for i, it, p in zip(idx, items, predict(model, items, max_new_tokens, build_messages=build_messages, **kw)):
+            for i, it, p in zip(idx, items, predict(model, items, max_new_tokens, build_messages=chat_builder(model.config), **kw)):
                 if (i, s) in done: continue
                 iou = round(iou_reward(p.mask_logits, torch.as_tensor(it["masks"])), 4)
                 row = ann["rows"][it["row"]] if ann else it

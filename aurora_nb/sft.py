@@ -34,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 # %% ../nbs/12a_sft.ipynb #s12imp3
 from .config import AuroraConfig, ConfigError, config_diff, get_config, load_config, save_config
-from .cot import build_messages, cot_answer, oracle_records, parse_answer, read_cot_jsonl, teacher_answer, write_cot_jsonl
+from .cot import chat_builder, cot_answer, oracle_records, parse_answer, read_cot_jsonl, teacher_answer, write_cot_jsonl
 from .data import RefAVSDataset
 from .losses import loss_weights, seg_distill_loss
 from .model import (AuroraCollator, AuroraModel, build_model, enable_embedding_cache, from_pretrained, model_inputs,
@@ -105,7 +105,7 @@ def teacher_fingerprint(teacher: AuroraModel,  # the frozen stage-0 model
     h.update(weights_fingerprint(teacher).encode())
     h.update(json.dumps(dict(frames=d.llm_frames, pixels=d.llm_max_pixels, rate=d.sample_rate, n=d.num_frames,
                              seg=teacher.config.model.seg_token, answer=teacher_answer("{}"),
-                             messages=build_messages("{}"))).encode())
+                             messages=chat_builder(teacher.config)("{}"))).encode())
     h.update("\n".join(s.uid for s in ds.samples).encode())
     return h.hexdigest()
 
@@ -116,7 +116,7 @@ def teacher_targets(teacher: AuroraModel,  # the frozen stage-0 model
     "The teacher's projected [SEG] embeddings of `items` answered `It is <class> [SEG].` (what a live teacher computes)."
     was = teacher.training
     teacher.eval()
-    batch = AuroraCollator(teacher.processor, teacher.config, build_messages=build_messages)(
+    batch = AuroraCollator(teacher.processor, teacher.config, build_messages=chat_builder(teacher.config))(
         [{**it, "answer": teacher_answer(it["category"])} for it in items])
     out = teacher(**model_inputs(batch, teacher.device))
     teacher.train(was)
@@ -312,7 +312,7 @@ def train_stage(cfg: AuroraConfig,  # the run config (stage settings from `cfg.s
                     targets = teacher_store(t_model, base, out / TARGETS_FILE, progress=progress)
                 del t_model
     ds = SFTDataset(base, stage, cot, st.max_cot_chars)
-    collate = SFTCollator(AuroraCollator(model.processor, cfg, build_messages=build_messages), targets, live is not None)
+    collate = SFTCollator(AuroraCollator(model.processor, cfg, build_messages=chat_builder(cfg)), targets, live is not None)
     trainer = AuroraSFTTrainer(model=model, args=args, train_dataset=ds, data_collator=collate, weights=loss_weights(st),
                                teacher=live, callbacks=[_TensorBoard(out / LOG_DIR), *callbacks])
     if not progress: trainer.remove_callback(PrinterCallback)

@@ -385,7 +385,7 @@ def grpo_config(init: str | Path,  # the stage-2 run folder (or its model/ folde
     saved = get_config(path=model_dir(init) / CONFIG_FILE)
     cfg = get_config(preset or "tiny", path=config) if (preset or config) else saved
     cfg = apply_overrides(dataclasses.replace(cfg, model=saved.model), overrides)
-    bad = {k: v for k, v in config_diff(saved, cfg).items() if k.split(".")[0] + "." + k.split(".")[1] in ARCH_KEYS}
+    bad = {k: v for k, v in config_diff(saved, cfg).items() if ".".join(k.split(".")[:2]) in ARCH_KEYS}
     if bad: raise ConfigError(f"{model_dir(init) / CONFIG_FILE}: the architecture comes from --init; overrides {bad} (init, here) "
                               "would not fit its weights (the adapters' settings, model.lora.* and model.trainable, may change)")
     if cfg.stages.grpo.kl_beta != 0 and (cfg.model.trainable != "lora" or not cfg.model.lora.enabled):

@@ -55,7 +55,15 @@ def test_settings_come_from_the_init_model_plus_overrides(stage2):
     with pytest.raises(ConfigError, match="architecture comes from --init"):
         grpo_config(stage2, overrides=["model.trainable=lora", "model.prompt_dim=16"])
     with pytest.raises(ConfigError, match="model.trainable=lora"):  # β > 0 needs adapters: refused before any work
-        grpo_config(stage2)
+        grpo_config(stage2, overrides=["stages.grpo.kl_beta=0.04"])
+    assert grpo_config(stage2).model.trainable == "all"  # the tiny preset: β = 0, every weight trains
+    saved = load_config(stage2 / MODEL_DIR / "aurora_config.yaml")
+    saved.stages.grpo.max_steps = 7; saved.model.prompt_dim = 999  # a run config whose architecture is not the init's
+    from aurora_nb.config import save_config
+    save_config(saved, stage2 / "other.yaml")
+    c = grpo_config(stage2, config=stage2 / "other.yaml", overrides=["stages.grpo.lr=3e-4"])
+    assert c.stages.grpo.max_steps == 7 and c.stages.grpo.lr == 3e-4 and c.model.prompt_dim == get_config("tiny").model.prompt_dim
+    assert grpo_config(stage2, preset="full", overrides=["model.trainable=lora"]).stages.grpo.max_steps == get_config("full").stages.grpo.max_steps
     with pytest.raises(ConfigError, match="mask_loss_on"):
         grpo_config(stage2, overrides=["stages.grpo.mask_loss_on=some"])
 

@@ -132,7 +132,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, TrainerState
 
 from .config import AuroraConfig, ConfigError, apply_overrides, config_diff, get_config, load_config, save_config
-from .cot import build_messages
+from .cot import chat_builder
 from .losses import bce_loss, dice_loss
 from .model import (MM_SUPPRESS, THINKER_INPUTS, AuroraCollator, AuroraModel, answer_rows, decode_masks,
                     masks_to_original, seg_hidden_states, thinker_base)
@@ -288,7 +288,7 @@ class AuroraGRPOTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         self.weights = reward_weights(self.stage) if weights is None else weights
         self.filter_zero_spread, self.mask_loss_on = filter_zero_spread, mask_loss_on
-        self.collate = AuroraCollator(model.processor, model.config, answer_key=None, build_messages=build_messages)
+        self.collate = AuroraCollator(model.processor, model.config, answer_key=None, build_messages=chat_builder(model.config))
         self._metrics = defaultdict(list)
 
     def group_step(self, model: AuroraModel, item: dict) -> torch.Tensor:

@@ -133,3 +133,30 @@ def test_two_processes_stay_in_step_and_save_one_model(stage2, tmp_path):
     assert w0.keys() == w1.keys()
     for n in w0: torch.testing.assert_close(w0[n], w1[n], atol=0, rtol=0, msg=n)  # gradients averaged over the processes
     assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # it trained (B starts at 0)
+
+
+def test_train_dispatches_grpo_to_its_trainer_and_stages_0_1_to_sft(monkeypatch, tmp_path):
+    import aurora_nb.grpo, aurora_nb.sft
+    seen = []
+    monkeypatch.setattr(aurora_nb.sft, "train_main", lambda a: seen.append(("sft", a.stage)) or 0)
+    monkeypatch.setattr(aurora_nb.grpo, "train_grpo_main", lambda a: seen.append(("grpo", a.stage)) or 0)
+    for stage in ("teacher", "sft", "grpo"):
+        assert main(["train", "--stage", stage, "--out", str(tmp_path)]) == 0
+    assert seen == [("sft", "teacher"), ("sft", "sft"), ("grpo", "grpo")]
+
+
+def test_saved_model_keeps_the_merged_stage2_weights_under_fresh_adapters(tmp_path):
+    "Without random base weights in the file (full scale), the merged stage-2 weights must be saved beside the adapters."
+    from safetensors import safe_open
+    from aurora_nb.grpo import _save_grpo_model
+    from aurora_nb.model import apply_trainable_policy
+    c = get_config("tiny", {"model.trainable": "lora"})
+    model = build_model(c)
+    model.thinker = model.thinker.merge_and_unload()
+    apply_trainable_policy(model, verbose=False)
+    model.config.model.from_scratch = False  # as at full scale: save_pretrained writes only what trains
+    _save_grpo_model(model, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f: keys = set(f.keys())
+    merged = {n for n, _ in model.named_parameters() if ".base_layer." in n}
+    assert merged and merged <= keys and any("lora_A" in k for k in keys)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n in merged)  # still frozen afterwards

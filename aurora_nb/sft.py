@@ -342,5 +342,6 @@ def train_main(args: argparse.Namespace) -> int:
         print(f"aurora-nb train: error: {e}", file=sys.stderr)
         return 2
     if tr.is_world_process_zero():
-        print(f"aurora-nb train: stage {args.stage} at step {tr.state.global_step}; model in {Path(args.out) / MODEL_DIR}")
+        print(f"aurora-nb train: stage {args.stage} at step {tr.state.global_step} ({tr.args.world_size} process"
+              f"{'es' if tr.args.world_size > 1 else ''}); model in {Path(args.out) / MODEL_DIR}")
     return 0

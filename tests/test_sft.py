@@ -1,6 +1,7 @@
 """The SFT trainer: label masking, exact token-level CE under accumulation, distillation gradients, the teacher-target
 store, kill-and-resume equality, the command line and a two-process run."""
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -164,11 +165,13 @@ def test_train_command_refuses_unbuilt_stages_and_a_missing_teacher(tmp_path, ca
 @pytest.mark.skipif(shutil.which("accelerate", path=str(BIN)) is None, reason="accelerate CLI not installed")
 def test_two_processes_train_with_gloo_and_save_one_model(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [str(BIN / "accelerate"), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--no_python", str(BIN / "aurora-nb"), "train", "--stage", "teacher", "--out", str(out),
+    # `--cpu` alone makes accelerate start ONE process; the torchrun launcher with no visible GPU starts two CPU processes
+    # that talk over gloo
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "29519", "--no_python", str(BIN / "aurora-nb"), "train", "--stage", "teacher", "--out", str(out),
            "--no-progress", "stages.teacher.max_steps=2", "stages.teacher.batch_size=1", "stages.teacher.save_steps=2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("stage teacher at step 2") == 1  # printed by the main process only
+    assert r.stdout.count("stage teacher at step 2 (2 processes)") == 1  # two ranks ran; the main process alone prints
     assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-2"]
     from_pretrained(out / MODEL_DIR)

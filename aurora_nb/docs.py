@@ -76,7 +76,8 @@ def _unlink_signature(md: str) -> str:
 
 def _public_methods(cls: type) -> list[str]:
     "Names of the public methods that class `cls` itself defines, in source order."
-    return [k for k, v in vars(cls).items() if not k.startswith("_") and inspect.isfunction(v)]
+    return [k for k, v in vars(cls).items()
+            if not k.startswith("_") and (inspect.isfunction(v) or isinstance(v, (classmethod, staticmethod)))]
 
 
 class DocRenderer(BasicMarkdownRenderer):

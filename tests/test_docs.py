@@ -179,3 +179,16 @@ def test_a_widget_output_is_not_required_as_text(tmp_path):
     (site / "index.html").write_text("<html></html>")
     (site / "a.html").write_text("<h1>A chapter</h1><pre>browse()</pre><img>")
     assert check_docs.check_site(site, nbs) == []
+
+
+def test_class_entries_list_classmethods_and_staticmethods():
+    "A backticked `Class.method` links to its own entry for plain, class and static methods alike."
+    from aurora_nb.docs import _public_methods
+    class A:
+        def f(self): ...
+        @classmethod
+        def g(cls): ...
+        @staticmethod
+        def h(): ...
+        def _hidden(self): ...
+    assert _public_methods(A) == ["f", "g", "h"]

@@ -18,7 +18,8 @@ from typing import Any, Literal
 # %% auto #0
 __all__ = ['PRESETS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'ReflectStage', 'GRPOStage',
            'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'get_config', 'resolve_path', 'save_config', 'load_config', 'config_hash', 'config_diff']
+           'apply_overrides', 'get_config', 'resolve_path', 'checkout_root', 'display_path', 'save_config',
+           'load_config', 'config_hash', 'config_diff']
 
 # %% ../nbs/00_config.ipynb #c0imp2
 import yaml
@@ -327,9 +328,20 @@ def resolve_path(path: str | Path) -> Path:
     "What the config path `path` points at: as given if absolute or present here, else under the enclosing checkout."
     p = Path(path)
     if p.is_absolute() or p.exists(): return p
-    for d in [Path.cwd(), *Path.cwd().parents]:
-        if (d / "settings.ini").is_file(): return d / p
-    return p
+    root = checkout_root()
+    return root / p if root is not None else p
+
+def checkout_root() -> Path | None:
+    "The enclosing checkout: the nearest folder, from here upwards, that holds settings.ini (None outside one)."
+    return next((d for d in [Path.cwd(), *Path.cwd().parents] if (d / "settings.ini").is_file()), None)
+
+def display_path(path: str | Path) -> str:
+    "`path` for people and stored outputs: relative to the checkout when inside it, so it reads the same in every clone."
+    p, root = Path(path), checkout_root()
+    if root is not None and p.is_absolute():
+        try: return str(p.relative_to(root))
+        except ValueError: pass
+    return str(p)
 
 # %% ../nbs/00_config.ipynb #c0yamlc
 def save_config(cfg: AuroraConfig, path: str | Path) -> Path:

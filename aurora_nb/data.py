@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import resolve_path
+from .config import display_path, resolve_path
 
 # %% ../nbs/01_data.ipynb #d1consts
 SPLITS = ("train", "val", "test_s", "test_u", "test_n")  # the five Ref-AVS splits (rows marked TODO belong to none)
@@ -196,7 +196,7 @@ class RefAVSDataset(torch.utils.data.Dataset):
     def __len__(self) -> int: return len(self.samples)
     def __getitem__(self, i: int) -> dict[str, Any]:
         return load_clip(self.root, self.samples[i], self.num_frames, self.sample_rate, self.with_masks)
-    def __repr__(self) -> str: return f"RefAVSDataset(root={str(self.root)!r}, split={self.split!r}, rows={len(self)})"
+    def __repr__(self) -> str: return f"RefAVSDataset(root={display_path(self.root)!r}, split={self.split!r}, rows={len(self)})"
 
 def collate_clips(batch: list[dict]) -> list[dict]:
     "Keep a batch as a list of items (clips may differ in size); a picklable `collate_fn` for DataLoader workers."

@@ -26,7 +26,7 @@ __all__ = ['EVAL_SPLITS', 'REFERENCE_PREDICTORS', 'PROBE_SPLIT', 'PROBE_MODES', 
            'print_plan', 'run_main']
 
 # %% ../nbs/13_pipeline.ipynb #p13imp2
-from .config import AuroraConfig, ConfigError, config_diff, config_hash, config_to_dict, get_config, load_config, resolve_path, save_config
+from .config import AuroraConfig, ConfigError, config_diff, config_hash, config_to_dict, get_config, load_config, display_path, resolve_path, save_config
 
 # %% ../nbs/13_pipeline.ipynb #p13stepc
 EVAL_SPLITS = ("val", "test_s", "test_u", "test_n")  # every stage's model is scored on these
@@ -94,7 +94,7 @@ def _data_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
     made = False
     if cfg.data.synth_videos > 0 and not (root / "metadata.csv").is_file():
         from aurora_nb.synth import make_synthetic_refavs
-        print(f"  generating a synthetic benchmark of {cfg.data.synth_videos} clips (seed {cfg.seed}) in {root}")
+        print(f"  generating a synthetic benchmark of {cfg.data.synth_videos} clips (seed {cfg.seed}) in {display_path(root)}")
         tmp = root.with_name(f"{root.name}.partial{os.getpid()}")
         make_synthetic_refavs(tmp, n_videos=cfg.data.synth_videos, seed=cfg.seed, overwrite=True)
         try: os.replace(tmp, root); made = True  # a kill leaves no half benchmark under the final name
@@ -436,7 +436,7 @@ def print_plan(cfg: AuroraConfig, out: Path, steps: list[Step]) -> None:
     print(f"models: thinker {cfg.model.thinker or '(random, from_scratch)'}, segmenter {cfg.model.segmenter or '(random, from_scratch)'}")
     for k, s in enumerate(steps, 1):
         state = "not built" if not s.built else "done" if _marker(out, s).is_file() else "to do"
-        print(f"  {k:>2}. {s.title:<36} {state:<9} -> {s.out}")
+        print(f"  {k:>2}. {s.title:<36} {state:<9} -> {display_path(s.out)}")
     print(f"  report: {out / REPORT_MD}, {out / REPORT_HTML}, {out / RESULTS_FILE}")
 
 def run_main(args: argparse.Namespace) -> int:
@@ -451,7 +451,7 @@ def run_main(args: argparse.Namespace) -> int:
         print_plan(cfg, out, steps)
         root = Path(cfg.data.root)
         if cfg.data.synth_videos > 0 and not (root / "metadata.csv").is_file():
-            print(f"data: {root} will be generated ({cfg.data.synth_videos} clips, seed {cfg.seed})"); return 0
+            print(f"data: {display_path(root)} will be generated ({cfg.data.synth_videos} clips, seed {cfg.seed})"); return 0
         from aurora_nb.data import validate_refavs
         rep = validate_refavs(root, cfg.data.num_frames, progress=False)
         for p in rep.problems[:10]: print(p)

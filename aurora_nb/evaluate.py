@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,19 +33,13 @@ from .data import SPLITS, RefAVSDataError, RefAVSDataset, load_audio, load_frame
 from .metrics import RefAVSEvaluator, frame_iou, get_protocol, official_gt, resize_logits
 from .synth import CUE_TYPES, read_annotations
 from .model import from_pretrained, predict
-from .cot import chat_builder
+from .cot import chat_builder, normalise_class, parse_answer
 
 # %% ../nbs/11_evaluate.ipynb #e11parse
-_TARGET_RES = [re.compile(r"The target is\s+(?:the\s+|a\s+|an\s+)?([A-Za-z][\w-]*(?:[ ][A-Za-z][\w-]*)*?)\s*\."),
-               re.compile(r"It is\s+(?:the\s+|a\s+|an\s+)?([A-Za-z][\w-]*(?:[ ][A-Za-z][\w-]*)*?)\s*\[SEG\]")]
-
 def parse_target(text: str,  # an answer, e.g. "... The target is bell. It is bell [SEG]."
-                ) -> str | None:  # the class, lower case; None when the answer names none
-    "The class an answer names: the last 'The target is <class>.' or, failing that, the last 'It is <class> [SEG].'"
-    for rx in _TARGET_RES:
-        found = rx.findall(text or "")
-        if found: return found[-1].strip().lower()
-    return None
+                ) -> str | None:  # the normalised class; None when the answer names none
+    "The class an answer names, read by `cot.parse_answer`: the last 'The target is <class>.', else 'It is <class> [SEG].'"
+    return parse_answer(text).target
 
 # %% ../nbs/11_evaluate.ipynb #e11quant
 PNG_TOP = 255  # the code of a probability of exactly 1.0
@@ -175,13 +168,13 @@ def summarize(records: list[dict],  # one record per row (predictions.jsonl line
              fg_share=_rate([r["fg"] for r in records]))
     if not null:
         m["right_object_rate"] = _rate([r.get("right_object") for r in records])
-        m["right_class_rate"] = _rate([r.get("target") == r["category"] for r in records]) if model_rows else None
+        m["right_class_rate"] = _rate([r.get("target") == normalise_class(r["category"]) for r in records]) if model_rows else None
         per = {}
         for cue in CUE_TYPES:
             rs = [r for r in records if r.get("cue") == cue]
             if rs: per[cue] = dict(n=len(rs), J_row=_rate([r["J_row"] for r in rs]),
                                    right_object=_rate([r.get("right_object") for r in rs]),
-                                   right_class=_rate([r.get("target") == r["category"] for r in rs]) if model_rows else None)
+                                   right_class=_rate([r.get("target") == normalise_class(r["category"]) for r in rs]) if model_rows else None)
         m["per_cue"] = per
         ar = [r for r in records if r.get("audio_required")]
         m["audio_required"] = dict(n=len(ar), J_row=_rate([r["J_row"] for r in ar]),

@@ -361,7 +361,7 @@ def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict
                         for k, r in t.T.to_dict().items()}
         except (ImportError, FileNotFoundError, KeyError) as e: selfcorr = {"unavailable": {"why": f"{type(e).__name__}: {e}"}}
     failed = next((e for e in log if e["status"] == "failed"), None)
-    results = dict(status=status, config_hash=config_hash(cfg), preset=cfg.preset, seed=cfg.seed, data_root=cfg.data.root,
+    results = dict(status=status, config_hash=config_hash(cfg), preset=cfg.preset, seed=cfg.seed, data_root=display_path(cfg.data.root),
                    eval_rows_per_split=cfg.eval.limit or "all", wall_seconds=round(seconds, 1), steps=log, table=rows,
                    audio_probe=probe, per_cue_J=cues, self_correction=selfcorr, versions=versions(),
                    config=config_to_dict(cfg), written=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -83,3 +83,19 @@ def test_ci_script_calls_the_readme_test_command():
 def test_install_is_idempotent():
     r = subprocess.run(["make", "-q", ".venv/.aurora-installed"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, "make install would run again although nothing changed"
+
+
+def test_modules_import_only_chapters_read_before_them():
+    "The house has one direction: a module imports only modules whose notebooks come earlier in reading order."
+    import re
+    pkg = ROOT / "aurora_nb"
+    order = {}
+    for f in pkg.glob("*.py"):
+        m = re.search(r"File to edit: \.\./nbs/(\S+)\.ipynb", f.read_text())
+        if m: order[f.stem] = m.group(1)
+    assert {"config", "model", "sft", "grpo"} <= set(order)
+    bad = []
+    for mod, nb in order.items():
+        for dep in set(re.findall(r"^\s*from (?:aurora_nb)?\.(\w+) import", (pkg / f"{mod}.py").read_text(), re.M)):
+            if dep in order and order[dep] >= nb: bad.append(f"{mod} ({nb}) imports {dep} ({order[dep]})")
+    assert not bad, "imports against the reading order:\n" + "\n".join(bad)

@@ -118,7 +118,6 @@ def grpo_loss(logps: torch.Tensor,  # [N, T] completion-token log-probs under th
 # %% ../nbs/12c_grpo.ipynb #g10trimp
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -128,8 +127,7 @@ from pathlib import Path
 
 import numpy as np
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import PrinterCallback, TrainerState
+from transformers.trainer_callback import PrinterCallback
 
 from .config import AuroraConfig, ConfigError, apply_overrides, config_diff, get_config, load_config, save_config
 from .cot import chat_builder
@@ -137,7 +135,7 @@ from .losses import bce_loss, dice_loss
 from .model import (MM_SUPPRESS, THINKER_INPUTS, AuroraCollator, AuroraModel, answer_rows, decode_masks,
                     masks_to_original, seg_hidden_states, thinker_base)
 from .rewards import reward_weights, score_rewards
-from .sft import HISTORY_FILE, MODEL_DIR, RUN_CONFIG, _check_resume, model_dir, training_args
+from .sft import MODEL_DIR, RUN_CONFIG, _check_resume, finish_run, model_dir, training_args
 
 # %% ../nbs/12c_grpo.ipynb #g10mm
 MODALITY_KEYS = ("pixel_values_videos", "video_grid_thw", "input_features", "feature_attention_mask")  # video + audio
@@ -424,15 +422,7 @@ def train_grpo(cfg: AuroraConfig,  # the run config (`grpo_config`)
     ds = RefAVSDataset.from_config(cfg.data, cfg.data.train_split)
     tr = AuroraGRPOTrainer(model, args, ds, callbacks=list(callbacks))
     if not progress: tr.remove_callback(PrinterCallback)
-    done = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME)) if resume else None
-    if done is not None and done.global_step >= args.max_steps:  # finished: load it (the Trainer would take one more step)
-        tr._load_from_checkpoint(resume)
-        tr.state = done
-    else: tr.train(resume_from_checkpoint=resume)
-    if tr.is_world_process_zero():
-        _save_grpo_model(model, out / MODEL_DIR)
-        (out / HISTORY_FILE).write_text(json.dumps(tr.state.log_history, indent=0) + "\n")
-    return tr
+    return finish_run(tr, resume, out, _save_grpo_model)
 
 
 # %% ../nbs/12c_grpo.ipynb #g10main2

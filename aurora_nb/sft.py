@@ -13,13 +13,13 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 # %% auto #0
 __all__ = ['STAGES', 'SFT_STAGES', 'COT_STAGES', 'TARGETS_FILE', 'MODEL_DIR', 'RUN_CONFIG', 'COT_FILE', 'LOG_DIR', 'HISTORY_FILE',
            'SFTDataset', 'load_cot', 'oracle_cot_file', 'teacher_fingerprint', 'teacher_targets', 'load_teacher_store',
            'teacher_store', 'SFTCollator', 'AuroraSFTTrainer', 'training_args', 'model_dir', 'train_stage',
-           'train_main']
+           'finish_run', 'train_main']
 
 # %% ../nbs/12a_sft.ipynb #s12imp2
 import torch
@@ -316,13 +316,19 @@ def train_stage(cfg: AuroraConfig,  # the run config (stage settings from `cfg.s
     trainer = AuroraSFTTrainer(model=model, args=args, train_dataset=ds, data_collator=collate, weights=loss_weights(st),
                                teacher=live, callbacks=[_TensorBoard(out / LOG_DIR), *callbacks])
     if not progress: trainer.remove_callback(PrinterCallback)
+    return finish_run(trainer, resume, out, save_pretrained)
+
+def finish_run(trainer: Trainer, resume: str | None, out: Path,
+               save: Callable,  # save(model, folder): writes the final model
+              ) -> Trainer:
+    "Train (resuming from `resume`), or load a run that already finished; then save the model and the log history."
     done = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME)) if resume else None
-    if done is not None and done.global_step >= args.max_steps:  # finished: load it (the Trainer would take one more step)
+    if done is not None and done.global_step >= trainer.args.max_steps:  # finished: load it (the Trainer would take one more step)
         trainer._load_from_checkpoint(resume)
         trainer.state = done
     else: trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        save_pretrained(model, out / MODEL_DIR)
+        save(trainer.model, out / MODEL_DIR)
         (out / HISTORY_FILE).write_text(json.dumps(trainer.state.log_history, indent=0) + "\n")
     return trainer
 

@@ -18,15 +18,15 @@ from pathlib import Path
 import aurora_nb
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'is_built', 'resolve_handler',
-           'train_main', 'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand', 'config_main',
-           'main']
+__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'COT_OPTION_SOURCE', 'PARSER_ARGS', 'is_built',
+           'resolve_handler', 'train_main', 'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand',
+           'config_main', 'main']
 
 # %% ../nbs/13a_cli.ipynb #cl0regc
 SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
     "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_main"),
     "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_main"),
-    "cot": ("write CoT data with the oracle or a teacher model", None),
+    "cot": ("write CoT data with the oracle, a teacher model or the release file", "aurora_nb.cot:cot_main"),
     "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", "aurora_nb.cli:train_main"),
     "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
     "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
@@ -146,6 +146,41 @@ def _train_args(p):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_args(p)
 
+def _cot_args(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--oracle", action="store_true", help="write the oracle CoT of a synthetic benchmark (it needs the benchmark's "
+                     "annotations.json)")
+    src.add_argument("--teacher", metavar="MODEL", help="generate the CoT with an omni model given the video, audio, expression and "
+                     "true class: a hub id (e.g. Qwen/Qwen2.5-Omni-7B, read from the local cache when HF_HUB_OFFLINE=1), a Hugging "
+                     "Face checkpoint folder or an aurora_nb model folder; replies whose class is not the row's are left out")
+    src.add_argument("--release", metavar="FILE", help="convert the official AURORA release's CoT JSON (a list aligned by position "
+                     "with the split's rows); a file that does not line up with --data is refused")
+    p.add_argument("--data", required=True, metavar="ROOT", help="Ref-AVS root holding metadata.csv (and media/ for --teacher)")
+    p.add_argument("--out", required=True, metavar="FILE", help="CoT JSONL to write or complete: rows already in it are skipped, "
+                   "so running again resumes; a summary (cot.jsonl -> cot.summary.json) and, for --teacher, the rejected "
+                   "replies (cot.rejected.jsonl) go beside it")
+    p.add_argument("--split", default="train", choices=SPLIT_NAMES, help="the split whose rows get a reasoning (default train)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows of the split, in CSV order")
+    p.add_argument("--seed", type=int, default=None, help="--oracle: wording seed; the facts do not depend on it (default 0)")
+    p.add_argument("--max-mismatch", type=float, default=None, metavar="SHARE", help="--release: tolerated share of entries that "
+                   "name another class than their row (default 0)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="--teacher: rows generated together (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="--teacher: token cap of a reply; a reply that "
+                   "reaches it counts as truncated (default 512)")
+    p.add_argument("--device", default=None, help="--teacher: where the model runs, e.g. cuda, cuda:1 or cpu (default: cuda when "
+                   "available)")
+    p.add_argument("--any-structure", action="store_true", help="--teacher: also keep replies without the four step headers "
+                   "(default: rejected as missing-steps)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--preset", default=None, help="--teacher given as a hub id or checkpoint folder: the preset whose input "
+                       "settings it runs with, e.g. frames and pixels shown, dtype (default: full); an aurora_nb folder uses its own config")
+    start.add_argument("--config", default=None, metavar="FILE", help="--teacher: a saved config.yaml instead of --preset")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="--teacher: dotted config overrides, e.g. data.llm_frames=8")
+
+COT_OPTION_SOURCE = {"seed": "oracle", "max_mismatch": "release", "batch_size": "teacher", "max_new_tokens": "teacher",  # option -> its source
+            "device": "teacher", "any_structure": "teacher", "preset": "teacher", "config": "teacher", "overrides": "teacher"}
+
 def _run_args(p):
     add_config_args(p)
     p.add_argument("--out", metavar="DIR", default=None, help="run folder (default: <output_dir>/<name>/); running the same "
@@ -160,7 +195,7 @@ def _run_args(p):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (the step lines stay)")
 
 PARSER_ARGS = {"synth": _synth_args, "check-data": _check_data_args, "eval": _eval_args, "infer": _infer_args,
-               "train": _train_args, "run": _run_args, "config": add_config_args}  # subcommands not listed have no options yet
+               "train": _train_args, "run": _run_args, "cot": _cot_args, "config": add_config_args}  # subcommands not listed have no options yet
 
 # %% ../nbs/13a_cli.ipynb #cl0parsb
 def _formatter(prog):  # fixed width: help reads the same in a terminal, a notebook and CI
@@ -181,7 +216,13 @@ def parse_subcommand(name: str, argv: list[str]) -> argparse.Namespace:
     if name == "infer":
         if args.frames and not args.audio: p.error("--frames needs --audio FILE.wav (the clip's audio)")
         if args.video and args.audio: p.error("--audio goes with --frames; with --video the audio track of the video is used")
-    for opt in ("videos", "limit", "batch_size"):
+    if name == "cot":  # an option of one source given with another is a mistake, not something to ignore
+        src = next(s for s in ("oracle", "teacher", "release") if getattr(args, s))
+        for opt, owner in COT_OPTION_SOURCE.items():
+            if getattr(args, opt) not in (None, False, []) and owner != src:
+                what = "KEY=VALUE overrides go" if opt == "overrides" else f"--{opt.replace('_', '-')} goes"
+                p.error(f"{what} with --{owner}, not with --{src}")
+    for opt in ("videos", "limit", "batch_size", "max_new_tokens"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1: p.error(f"--{opt.replace('_', '-')} must be at least 1")
     return args
 

@@ -14,7 +14,7 @@ import re
 import sys
 import tempfile
 import unicodedata
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -626,6 +626,7 @@ class OmniTeacher:
     config: AuroraConfig  # reads data.* (frames, pixels and audio shown) and model.dtype
     model_id: str  # provenance: the hub id, or the folder
     max_new_tokens: int = 512  # a reply that reaches it is truncated
+    generate_kwargs: dict = field(default_factory=dict)  # more `generate` arguments (e.g. do_sample=True, temperature=0.7); greedy when empty
 
     @property
     def device(self): return self.thinker.get_input_embeddings().weight.device
@@ -642,7 +643,7 @@ class OmniTeacher:
         collate = AuroraCollator(self.processor, self.config, answer_key=None, check_length=False, frame_keys=False,
                                  build_messages=teacher_messages)  # the teacher's text stands where the expression goes
         batch = collate([{**it, "expression": teacher_instruction(it["expression"], it["category"])} for it in items])
-        ids, gen = generate_answers(self, batch, self.max_new_tokens)
+        ids, gen = generate_answers(self, batch, self.max_new_tokens, **self.generate_kwargs)
         seqs = gen.sequences if hasattr(gen, "sequences") else gen  # [B, L + n]
         eos, L = self.tokenizer.convert_tokens_to_ids("<|im_end|>"), batch["input_ids"].shape[1]
         return [TeacherReply(self.tokenizer.decode(a, skip_special_tokens=True), eos in row) for a, row in zip(ids, seqs[:, L:].tolist())]

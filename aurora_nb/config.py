@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 # %% auto #0
-__all__ = ['PRESETS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'ReflectStage', 'GRPOStage',
-           'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'get_config', 'resolve_path', 'checkout_root', 'display_path', 'save_config',
-           'load_config', 'config_hash', 'config_diff']
+__all__ = ['PRESETS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'TeacherStage', 'ReflectStage',
+           'GRPOStage', 'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict',
+           'config_to_dict', 'apply_overrides', 'get_config', 'resolve_path', 'checkout_root', 'display_path',
+           'save_config', 'load_config', 'config_hash', 'config_diff']
 
 # %% ../nbs/00_config.ipynb #c0imp2
 import yaml
@@ -104,6 +104,12 @@ class SFTStage(StageConfig):
     max_cot_chars: int = 2000  # reasoning paths this long or longer are dropped (official filter)
 
 @dataclass
+class TeacherStage(SFTStage):
+    "Stage 0: the reasoning-free teacher."
+    kd_weight: float = 0.0  # nothing to distil from
+    answer: Literal["class", "bare"] = "class"  # the assistant text: "class" = "It is <class> [SEG]." (as released); "bare" = "It is [SEG].", the ablation that shows what naming the class adds (`eval.ablations`)
+
+@dataclass
 class ReflectStage(SFTStage):
     "Stage 2: corrective reflective-style SFT."
     trigger: str = "Wait, let me reconsider"  # joins the wrong path and the corrected one
@@ -141,7 +147,7 @@ class GRPOStage(StageConfig):
 @dataclass
 class StagesConfig:
     "The four training stages, in the order they run."
-    teacher: SFTStage = field(default_factory=lambda: SFTStage(kd_weight=0.0))
+    teacher: TeacherStage = field(default_factory=TeacherStage)
     sft: SFTStage = field(default_factory=SFTStage)
     reflect: ReflectStage = field(default_factory=ReflectStage)
     grpo: GRPOStage = field(default_factory=GRPOStage)
@@ -156,6 +162,7 @@ class EvalConfig:
     max_new_tokens: int = 2048  # greedy decoding cap
     seg_fallback: str = "It is [SEG]."  # appended when an answer has no [SEG] (counted and reported)
     limit: int = 0  # `aurora-nb run` scores the first `limit` rows of each split (CSV order); 0 scores every row
+    ablations: list[Literal["bare"]] = field(default_factory=list)  # `aurora-nb run` also trains these stage-0 variants with stage 0's settings and scores them beside the stages: "bare" answers "It is [SEG]." (no class word)
 
 # %% ../nbs/00_config.ipynb #c0rootc
 @dataclass
@@ -311,6 +318,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stages.grpo.logging_steps": 1,
         "eval.max_new_tokens": 64,
         "eval.limit": 16,
+        "eval.ablations": ["bare"],  # stage 0 without the class word, next to the stages in the demo's report
     },
 }
 

@@ -22,7 +22,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
     install_requires=shlex.split(cfg.get("requirements", "")),
-    extras_require={"dev": shlex.split(cfg.get("dev_requirements", ""))},
+    extras_require={k.removesuffix("_requirements"): shlex.split(v) for k, v in cfg.items()
+                    if k.endswith("_requirements")},  # dev_requirements -> [dev], deepspeed_requirements -> [deepspeed]
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(), long_description_content_type="text/markdown",
     zip_safe=False,

@@ -31,7 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
     "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
     "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
     "run": ("all stages, then evaluation and a report (see the pipeline chapter)", "aurora_nb.pipeline:run_main"),
-    "bench": ("throughput benchmarks", None),
+    "bench": ("memory plan and GPU check of the full-size model (see the scale chapter)", "aurora_nb.scale:bench_main"),
     "config": ("print the resolved configuration as YAML", "aurora_nb.cli:config_main"),
 }
 
@@ -194,8 +194,39 @@ def _run_args(p):
                    "the CoT source, load no model and write nothing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (the step lines stay)")
 
+def _frame_size(text: str) -> tuple[int, int]:
+    "`WxH` (e.g. 1280x720) -> (H, W)."
+    try: w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError: raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
+    if w < 1 or h < 1: raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return h, w
+
+def _bench_args(p):
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--gpu-check", action="store_true", help="build the model at --sizes with random weights (LoRA, bf16, gradient "
+                      "checkpointing) and time SFT steps and GRPO group steps on a Ref-AVS-sized clip, next to the memory plan")
+    what.add_argument("--plan", action="store_true", help="print the per-GPU memory plan of a config (--preset/--config, default "
+                      "the full preset); builds no model")
+    p.add_argument("--sizes", choices=("tiny", "full", "full-3b"), default="tiny", help="--gpu-check: the tiny preset (runs on a CPU), "
+                   "the 7B thinker or the 3B thinker, the last two with SAM ViT-H and a GPU (default tiny)")
+    p.add_argument("--device", default=None, help="--gpu-check: torch device (default: cuda when available, else cpu)")
+    p.add_argument("--steps", type=int, default=2, help="--gpu-check: optimizer steps per stage, the first warms up (default 2)")
+    p.add_argument("--frame-size", type=_frame_size, default=(720, 1280), metavar="WxH", help="--gpu-check: frame size of the random "
+                   "clip (default 1280x720, as Ref-AVS)")
+    p.add_argument("--out", metavar="FILE", default=None, help="--gpu-check: also write the measurements as JSON")
+    p.add_argument("--gpus", type=int, default=1, help="--plan: GPUs the run uses (default 1)")
+    p.add_argument("--strategy", choices=("ddp", "zero2", "zero2_offload", "zero3", "fsdp"), default="ddp",
+                   help="--plan: DDP, DeepSpeed ZeRO-2 (with CPU optimizer offload), ZeRO-3 or FSDP (default ddp)")
+    p.add_argument("--stage", choices=("teacher", "sft", "reflect", "grpo"), default="sft", help="--plan: the training stage (default sft)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="--plan: samples (GRPO: prompts) per GPU and micro-step "
+                   "(default: the stage's)")
+    p.add_argument("--no-gradient-checkpointing", action="store_true", help="plan or run without gradient checkpointing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_config_args(p)
+
 PARSER_ARGS = {"synth": _synth_args, "check-data": _check_data_args, "eval": _eval_args, "infer": _infer_args,
-               "train": _train_args, "run": _run_args, "cot": _cot_args, "config": add_config_args}  # subcommands not listed have no options yet
+               "train": _train_args, "run": _run_args, "cot": _cot_args, "bench": _bench_args,
+               "config": add_config_args}  # subcommands not listed have no options yet
 
 # %% ../nbs/13a_cli.ipynb #cl0parsb
 def _formatter(prog):  # fixed width: help reads the same in a terminal, a notebook and CI
@@ -222,7 +253,7 @@ def parse_subcommand(name: str, argv: list[str]) -> argparse.Namespace:
             if getattr(args, opt) not in (None, False, []) and owner != src:
                 what = "KEY=VALUE overrides go" if opt == "overrides" else f"--{opt.replace('_', '-')} goes"
                 p.error(f"{what} with --{owner}, not with --{src}")
-    for opt in ("videos", "limit", "batch_size", "max_new_tokens"):
+    for opt in ("videos", "limit", "batch_size", "max_new_tokens", "steps", "gpus"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1: p.error(f"--{opt.replace('_', '-')} must be at least 1")
     return args
 

@@ -337,7 +337,7 @@ class AuroraGRPOTrainer(Trainer):
         for k, v in r.items():
             m[f"reward/{k}/mean"].append(float(v.mean())); m[f"reward/{k}/std"].append(float(v.std()) if G > 1 else 0.0)
         m["zero_spread"].append(float(flat)); m["kl"].append(float(out.kl)); m["clip_fraction"].append(float(out.clip_fraction))
-        m["pg_loss"].append(float(out.pg_loss)); m["mask_loss"].append(float(mask_loss))
+        m["pg_loss"].append(float(out.pg_loss.detach())); m["mask_loss"].append(float(mask_loss.detach()))
         m["completion_length/mean"].append(float(lens.mean())); m["completion_length/max"].append(float(lens.max()))
         m["truncated"].append(float(roll.truncated.float().mean())); m["seg_found"].append(float(found.float().mean()))
         m["rollout_s"].append(roll.prefill_s + roll.decode_s)

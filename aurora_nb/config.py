@@ -74,6 +74,7 @@ class ModelConfig:
     cache_sam_embeddings: bool = True  # cache frozen SAM image embeddings on disk
     cache_dir: str = ".cache/aurora_nb/sam"  # where the embedding cache lives
     max_length: int = 4096  # longest tokenised prompt + answer; longer samples are reported, not silently cut
+    gradient_checkpointing: bool = False  # recompute the thinker's layer activations in the backward pass: far less activation memory for about a third more compute (one 24 GB card needs it for GRPO; see the scale chapter)
 
 # %% ../nbs/00_config.ipynb #c0stage
 @dataclass

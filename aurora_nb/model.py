@@ -474,6 +474,7 @@ def build_model(cfg: AuroraConfig,  # the run config; tiny and full differ only 
     proj = SegProjector(thinker.config.text_config.hidden_size, cfg.model.prompt_dim).to(getattr(torch, cfg.model.dtype))
     model = AuroraModel(thinker, proj, sam, tok, proc, cfg)
     if apply_policy: apply_trainable_policy(model)
+    if cfg.model.gradient_checkpointing: model.activation_checkpointing_enable()
     return model
 
 # %% ../nbs/04_model.ipynb #m4polc

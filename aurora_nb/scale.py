@@ -515,6 +515,7 @@ def hardware_overrides(name: str) -> dict:
     out = {"name": f"full-{name}", "model.thinker": hw["thinker"], "stages.grpo.grad_accum": per_gpu_prompts}
     if name == "1x24gb":
         out["data.llm_max_pixels"] = 336 * 336
+        out["model.gradient_checkpointing"] = True  # GRPO needs it on 24 GB (the plan table below)
         out.update({f"stages.{s}.{k}": v for s in _SFT_STAGES for k, v in {"batch_size": 1, "grad_accum": 20}.items()})
     if name == "8x80gb":
         out.update({f"stages.{s}.{k}": v for s in _SFT_STAGES for k, v in {"batch_size": 1, "grad_accum": 3, "max_steps": 3000}.items()})

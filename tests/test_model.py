@@ -348,6 +348,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for n in a: torch.testing.assert_close(a[n], b[n], atol=1e-5, rtol=1e-4)
 
 
+def test_gradient_checkpointing_setting_applies_when_built_and_loaded(tmp_path):
+    "model.gradient_checkpointing turns activation checkpointing on in build_model and from_pretrained; off by default."
+    from aurora_nb.model import thinker_base
+    assert not thinker_base(build_model(lora_cfg())).is_activation_checkpointing
+    model = build_model(lora_cfg(**{"model.gradient_checkpointing": True}))
+    assert thinker_base(model).is_activation_checkpointing
+    model.save_pretrained(tmp_path / "m")
+    assert thinker_base(from_pretrained(tmp_path / "m")).is_activation_checkpointing
+
+
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model(lora_cfg())

@@ -24,7 +24,7 @@ def readme_text(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
         if c["cell_type"] == "markdown": parts.append(src)
         elif c["cell_type"] == "code": parts.append(f"```python\n{src}\n```")
     text = "\n\n".join(parts) + "\n"
-    return HEADER + re.sub(r"\]\((?!https?://)([\w./-]+)\.ipynb\)", r"](nbs/\1.ipynb)", text)
+    return HEADER + re.sub(r"\]\((?!https?://)([\w./-]+)\.ipynb(#[\w-]+)?\)", r"](nbs/\1.ipynb\2)", text)
 
 
 def main(argv):

@@ -20,15 +20,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 # %% auto #0
 __all__ = ['SEG_TOKEN', 'STEPS', 'STEP_HEADERS', 'NULL_CLASS', 'TEACHER_ANSWER', 'TARGET_SENTENCE', 'SEG_SENTENCE',
-           'SYSTEM_PROMPT', 'USER_PROMPT', 'NULL_SYNONYMS', 'ORACLE_VERSION', 'COT_SOURCES', 'RELEASE_MAX_CHARS',
-           'TEACHER_PROMPT_VERSION', 'TEACHER_SYSTEM', 'TEACHER_PROMPT', 'TEACHER_GIVEN', 'REJECT_REASONS',
-           'teacher_answer', 'format_cot', 'cot_answer', 'build_messages', 'with_teacher_answers', 'system_message',
-           'chat_builder', 'normalise_class', 'ParsedAnswer', 'parse_answer', 'oracle_cot', 'CotRecord',
-           'read_cot_jsonl', 'cot_done', 'write_cot_jsonl', 'oracle_records', 'CotAlignmentError', 'ReleaseCot',
-           'load_release_cot', 'cot_side_files', 'format_cot_summary', 'write_oracle_cot', 'write_release_cot',
-           'teacher_instruction', 'teacher_messages', 'TeacherReply', 'Verdict', 'teacher_reasoning', 'judge_reply',
-           'write_teacher_cot', 'OmniTeacher', 'load_teacher', 'cot_main', 'tokenizer_corpus', 'train_tiny_tokenizer',
-           'make_tiny_tokenizer']
+           'TEACHER_FORMS', 'SYSTEM_PROMPT', 'USER_PROMPT', 'NULL_SYNONYMS', 'ORACLE_VERSION', 'COT_SOURCES',
+           'RELEASE_MAX_CHARS', 'TEACHER_PROMPT_VERSION', 'TEACHER_SYSTEM', 'TEACHER_PROMPT', 'TEACHER_GIVEN',
+           'REJECT_REASONS', 'teacher_answer', 'format_cot', 'cot_answer', 'build_messages', 'with_teacher_answers',
+           'system_message', 'chat_builder', 'normalise_class', 'ParsedAnswer', 'parse_answer', 'oracle_cot',
+           'CotRecord', 'read_cot_jsonl', 'cot_done', 'write_cot_jsonl', 'oracle_records', 'CotAlignmentError',
+           'ReleaseCot', 'load_release_cot', 'cot_side_files', 'format_cot_summary', 'write_oracle_cot',
+           'write_release_cot', 'teacher_instruction', 'teacher_messages', 'TeacherReply', 'Verdict',
+           'teacher_reasoning', 'judge_reply', 'write_teacher_cot', 'OmniTeacher', 'load_teacher', 'cot_main',
+           'tokenizer_corpus', 'train_tiny_tokenizer', 'make_tiny_tokenizer']
 
 # %% ../nbs/05_cot.ipynb #c5imp2
 from .config import AuroraConfig, display_path
@@ -44,10 +44,14 @@ NULL_CLASS = "null"  # the class a null expression's answer names (the class fie
 TEACHER_ANSWER = "It is {category} [SEG]."  # stage-0 assistant text
 TARGET_SENTENCE = "The target is {category}."  # last sentence of every reasoning
 SEG_SENTENCE = "It is [SEG]."  # closes every stage-1 (and later) answer
+TEACHER_FORMS = {"class": TEACHER_ANSWER, "bare": SEG_SENTENCE}  # stage-0 answer forms (`stages.teacher.answer`): as released, and the ablation without the class word
 
-def teacher_answer(category: str) -> str:
-    "The reasoning-free teacher's answer (stage 0): `It is <category> [SEG].`"
-    return TEACHER_ANSWER.format(category=category)
+def teacher_answer(category: str,  # the row's class
+                   form: str = "class",  # "class": `It is <category> [SEG].` (released); "bare": `It is [SEG].` (ablation)
+                  ) -> str:
+    "The reasoning-free teacher's answer (stage 0): `It is <category> [SEG].`, or `It is [SEG].` in the bare ablation."
+    if form not in TEACHER_FORMS: raise ValueError(f"stage-0 answer form {form!r}: expected one of {', '.join(map(repr, TEACHER_FORMS))}")
+    return TEACHER_FORMS[form].format(category=category)
 
 def format_cot(images: str, audio: str, reference: str,  # the text of steps 1-3
                category: str,  # the class the answer names (`null` for a null expression)

@@ -52,10 +52,11 @@ class SFTDataset(torch.utils.data.Dataset):
                  stage: str = "teacher",  # "teacher", "sft" or "reflect"
                  cot: dict[int, str] | None = None,  # split position -> reasoning (stages sft, reflect); rows without one are left out
                  max_cot_chars: int = 2000,  # reasoning this long or longer is left out (official filter)
+                 answer_form: str = "class",  # stage 0's answer (`stages.teacher.answer`): "class" = `It is <class> [SEG].`, "bare" = `It is [SEG].`
                 ):
         if stage not in ("teacher", *COT_STAGES): raise ValueError(f"stage {stage!r}: SFTDataset serves {('teacher', *COT_STAGES)}")
         if stage in COT_STAGES and cot is None: raise ValueError(f"stage {stage!r} needs the rows' reasoning (cot=)")
-        self.base, self.stage, self.cot = base, stage, cot
+        self.base, self.stage, self.cot, self.answer_form = base, stage, cot, answer_form
         keep = range(len(base)) if stage == "teacher" else (i for i in range(len(base)) if i in cot and len(cot[i]) < max_cot_chars)
         self.positions = list(keep)
         self.dropped = len(base) - len(self.positions)
@@ -63,7 +64,7 @@ class SFTDataset(torch.utils.data.Dataset):
     def answer(self, i: int,  # split position
                category: str) -> str:
         "The assistant text of split position `i`."
-        return teacher_answer(category) if self.stage == "teacher" else cot_answer(self.cot[i])
+        return teacher_answer(category, self.answer_form) if self.stage == "teacher" else cot_answer(self.cot[i])
 
     def __len__(self) -> int: return len(self.positions)
     def __getitem__(self, k: int) -> dict:
@@ -104,7 +105,7 @@ def teacher_fingerprint(teacher: AuroraModel,  # the frozen stage-0 model
     d = teacher.config.data
     h.update(weights_fingerprint(teacher).encode())
     h.update(json.dumps(dict(frames=d.llm_frames, pixels=d.llm_max_pixels, rate=d.sample_rate, n=d.num_frames,
-                             seg=teacher.config.model.seg_token, answer=teacher_answer("{}"),
+                             seg=teacher.config.model.seg_token, answer=teacher_answer("{}", teacher.config.stages.teacher.answer),
                              messages=chat_builder(teacher.config)("{}"))).encode())
     h.update("\n".join(s.uid for s in ds.samples).encode())
     return h.hexdigest()
@@ -113,11 +114,11 @@ def teacher_fingerprint(teacher: AuroraModel,  # the frozen stage-0 model
 def teacher_targets(teacher: AuroraModel,  # the frozen stage-0 model
                     items: Sequence[dict],  # RefAVSDataset items
                    ) -> torch.Tensor:  # [B, C] float32
-    "The teacher's projected [SEG] embeddings of `items` answered `It is <class> [SEG].` (what a live teacher computes)."
+    "The teacher's projected [SEG] embeddings of `items` answered in its own stage-0 form (`It is <class> [SEG].`), as a live teacher computes them."
     was = teacher.training
     teacher.eval()
     batch = AuroraCollator(teacher.processor, teacher.config, build_messages=chat_builder(teacher.config))(
-        [{**it, "answer": teacher_answer(it["category"])} for it in items])
+        [{**it, "answer": teacher_answer(it["category"], teacher.config.stages.teacher.answer)} for it in items])
     out = teacher(**model_inputs(batch, teacher.device))
     teacher.train(was)
     return out.seg_embeddings.float().cpu()
@@ -163,6 +164,7 @@ class SFTCollator:
     base: AuroraCollator  # answers from the items' `answer`
     targets: torch.Tensor | None = None  # [N, C] teacher targets by split position
     live_teacher: bool = False  # also collate the teacher-answer batch a live teacher reads
+    teacher_form: str = "class"  # the live teacher's answer form (its `stages.teacher.answer`)
 
     def __call__(self, items: Sequence[dict]) -> dict:
         batch = self.base(items)
@@ -170,7 +172,7 @@ class SFTCollator:
         batch["position"] = pos
         if self.targets is not None: batch["kd_targets"] = self.targets[pos]  # [B, C]
         if self.live_teacher:
-            batch["teacher_inputs"] = model_inputs(self.base([{**it, "answer": teacher_answer(it["category"])} for it in items]))
+            batch["teacher_inputs"] = model_inputs(self.base([{**it, "answer": teacher_answer(it["category"], self.teacher_form)} for it in items]))
         return batch
 
 # %% ../nbs/12a_sft.ipynb #s12trainer
@@ -311,8 +313,9 @@ def train_stage(cfg: AuroraConfig,  # the run config (stage settings from `cfg.s
                 with args.main_process_first(desc="teacher targets"):
                     targets = teacher_store(t_model, base, out / TARGETS_FILE, progress=progress)
                 del t_model
-    ds = SFTDataset(base, stage, cot, st.max_cot_chars)
-    collate = SFTCollator(AuroraCollator(model.processor, cfg, build_messages=chat_builder(cfg)), targets, live is not None)
+    ds = SFTDataset(base, stage, cot, st.max_cot_chars, cfg.stages.teacher.answer)
+    collate = SFTCollator(AuroraCollator(model.processor, cfg, build_messages=chat_builder(cfg)), targets, live is not None,
+                          live.config.stages.teacher.answer if live is not None else "class")
     trainer = AuroraSFTTrainer(model=model, args=args, train_dataset=ds, data_collator=collate, weights=loss_weights(st),
                                teacher=live, callbacks=[_TensorBoard(out / LOG_DIR), *callbacks])
     if not progress: trainer.remove_callback(PrinterCallback)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['EVAL_SPLITS', 'REFERENCE_PREDICTORS', 'PROBE_SPLIT', 'PROBE_MODES', 'STAGE_TITLES', 'STAGE_ENTRIES', 'STEP_FUNCS',
-           'DONE_DIR', 'REPORT_MD', 'REPORT_HTML', 'RESULTS_FILE', 'FIG_DIR', 'Step', 'entry_point', 'benchmark_root',
-           'plan', 'StepFailed', 'prepare_config', 'run_pipeline', 'table_row', 'per_cue', 'versions', 'write_report',
-           'print_plan', 'run_main']
+__all__ = ['EVAL_SPLITS', 'REFERENCE_PREDICTORS', 'PROBE_SPLIT', 'PROBE_MODES', 'STAGE_TITLES', 'STAGE_ENTRIES', 'ABLATIONS',
+           'STEP_FUNCS', 'DONE_DIR', 'REPORT_MD', 'REPORT_HTML', 'RESULTS_FILE', 'FIG_DIR', 'Step', 'entry_point',
+           'benchmark_root', 'plan', 'StepFailed', 'ablation_config', 'prepare_config', 'run_pipeline', 'table_row',
+           'per_cue', 'versions', 'ablation_effect', 'write_report', 'print_plan', 'run_main']
 
 # %% ../nbs/13_pipeline.ipynb #p13imp2
 from .config import AuroraConfig, ConfigError, config_diff, config_hash, config_to_dict, get_config, load_config, display_path, resolve_path, save_config
@@ -36,16 +36,19 @@ STAGE_TITLES = {"teacher": "stage 0: teacher", "sft": "stage 1: CoT SFT + distil
                 "reflect": "stage 2: reflective SFT", "grpo": "stage 3: GRPO"}
 STAGE_ENTRIES = {"teacher": "aurora_nb.sft:train_stage", "sft": "aurora_nb.sft:train_stage",
                  "reflect": "aurora_nb.reflect:train_reflect", "grpo": "aurora_nb.grpo:train_grpo"}  # module:function
+ABLATIONS = {"bare": dict(title='ablation: stage 0 "It is [SEG]."', overrides={"stages.teacher.answer": "bare"})}  # `eval.ablations` name -> row title, overrides of stage 0's config
 
 @dataclasses.dataclass
 class Step:
     "One step of the run: its marker name, what it does and where it writes."
     name: str  # marker `OUT/done/<name>.json`
     title: str  # what the progress display and the report call it
-    kind: str  # data, train, cot, eval or references
+    kind: str  # data, train, cot, eval, references or ablation
     out: Path  # the folder it writes
-    stage: str | None = None  # the training stage it trains or evaluates
+    stage: str | None = None  # the training stage it trains or evaluates (an ablation: the stage it varies)
     built: bool = True  # False: its entry point is not in this installation
+    run: Path | None = None  # eval steps: the training run folder whose final model they score
+    ablation: str | None = None  # the `eval.ablations` name of an ablation's two steps
 
 def entry_point(stage: str) -> Callable | None:
     "The function that trains `stage`, or None when this installation does not have it (nothing heavy is imported to check)."
@@ -79,8 +82,14 @@ def plan(cfg: AuroraConfig,  # the run config
         if stage == "sft": steps.append(Step("cot", "CoT data for stage 1", "cot", out / "cot"))
         built = _has_entry(stage)
         steps.append(Step(stage, STAGE_TITLES[stage], "train", out / stage, stage, built))
-        steps.append(Step(f"eval-{stage}", f"evaluate {STAGE_TITLES[stage].split(':')[0]}", "eval", out / "eval" / stage, stage, built))
+        steps.append(Step(f"eval-{stage}", f"evaluate {STAGE_TITLES[stage].split(':')[0]}", "eval", out / "eval" / stage, stage, built,
+                          run=out / stage))
     steps.append(Step("references", "reference predictors", "references", out / "eval"))
+    for name in cfg.eval.ablations:  # last: nothing depends on them
+        title, built, folder = ABLATIONS[name]["title"], _has_entry("teacher"), f"ablation-{name}"
+        steps.append(Step(folder, title, "ablation", out / folder, "teacher", built, ablation=name))
+        steps.append(Step(f"eval-{folder}", f"evaluate the {name} ablation", "eval", out / "eval" / folder, "teacher", built,
+                          run=out / folder, ablation=name))
     return steps
 
 # %% ../nbs/13_pipeline.ipynb #p13datac
@@ -143,17 +152,18 @@ def _train_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
 
 # %% ../nbs/13_pipeline.ipynb #p13evalc
 def _eval_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
-    "Score one stage's final model on every evaluation split (and the audio probe for the final stage)."
+    "Score one trained model (a stage's or an ablation's) on every evaluation split (and the audio probe for the final stage)."
     from aurora_nb.evaluate import evaluate
     from aurora_nb.model import from_pretrained
-    model_dir = _final_model(ctx["out"] / step.stage)
+    model_dir = _final_model(step.run)
     model = from_pretrained(model_dir)
     limit = cfg.eval.limit or None
-    runs = [(s, "real") for s in EVAL_SPLITS] + ([(PROBE_SPLIT, m) for m in PROBE_MODES] if step.stage == ctx["final_stage"] else [])
+    probe = step.ablation is None and step.stage == ctx["final_stage"]
+    runs = [(s, "real") for s in EVAL_SPLITS] + ([(PROBE_SPLIT, m) for m in PROBE_MODES] if probe else [])
     res = {}
     for split, audio in runs:
         name = split if audio == "real" else f"{split}-{audio}"
-        print(f"  {step.stage} on {name}")
+        print(f"  {step.run.name} on {name}")
         m = evaluate(model, cfg, split, out_dir=step.out / name, audio=audio, limit=limit, data_root=cfg.data.root,
                      seed=cfg.seed, progress=ctx["progress"])
         res[name] = m.get("J", m.get("S"))
@@ -170,7 +180,24 @@ def _references_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
             res[f"{p}/{split}"] = m.get("J", m.get("S"))
     return res
 
-STEP_FUNCS = {"data": _data_step, "cot": _cot_step, "train": _train_step, "eval": _eval_step, "references": _references_step}
+# %% ../nbs/13_pipeline.ipynb #p13ablc
+def ablation_config(cfg: AuroraConfig,  # the run config
+                    name: str,  # an `ABLATIONS` name
+                   ) -> AuroraConfig:
+    "The config an ablation trains with: the run's, with the ablation's overrides of stage 0."
+    from aurora_nb.config import apply_overrides
+    if name not in ABLATIONS: raise ConfigError(f"ablation {name!r}: expected one of {', '.join(map(repr, ABLATIONS))}")
+    return apply_overrides(cfg, ABLATIONS[name]["overrides"])
+
+def _ablation_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
+    "Train an ablation of stage 0 into its own folder, from the base models, like stage 0; resumes from its checkpoints."
+    entry_point(step.stage)(ablation_config(cfg, step.ablation), step.stage, step.out, progress=ctx["progress"])
+    model = _final_model(step.out)
+    if model is None: raise StepFailed(f"{step.title} finished without a final model in {step.out}/model")
+    return dict(model=str(model), overrides=ABLATIONS[step.ablation]["overrides"])
+
+STEP_FUNCS = {"data": _data_step, "cot": _cot_step, "train": _train_step, "eval": _eval_step, "references": _references_step,
+              "ablation": _ablation_step}
 
 # %% ../nbs/13_pipeline.ipynb #p13runc
 DONE_DIR, REPORT_MD, REPORT_HTML, RESULTS_FILE, FIG_DIR = "done", "report.md", "report.html", "results.json", "figures"
@@ -198,12 +225,15 @@ def run_pipeline(cfg: AuroraConfig,  # the run config (a preset plus overrides)
     steps = plan(cfg, out)
     built = [s.stage for s in steps if s.kind == "train" and s.built]
     ctx = dict(out=out, progress=progress, cot_file=cot_file, cot=None, last_model=None, final_stage=built[-1] if built else None)
-    log, status, t_run = [], "running", time.time()
+    log, status, t_run, broken = [], "running", time.time(), set()  # broken: ablations whose training failed
     stop_after, fail_in = os.environ.get("AURORA_NB_STOP_AFTER"), os.environ.get("AURORA_NB_FAIL_IN")
     try:
         for k, step in enumerate(steps, 1):
             head = f"[{k}/{len(steps)}] {step.title}"
             mark = _marker(out, step)
+            if step.ablation in broken:
+                print(f"{head}: skipped (its training failed)", flush=True)
+                log.append(dict(step=step.name, title=step.title, status="skipped", why=f"ablation-{step.ablation} failed")); continue
             if not step.built:
                 print(f"{head}: not built in this installation (no {STAGE_ENTRIES[step.stage]}); skipped", flush=True)
                 log.append(dict(step=step.name, title=step.title, status="not built", entry=STAGE_ENTRIES[step.stage])); continue
@@ -220,7 +250,8 @@ def run_pipeline(cfg: AuroraConfig,  # the run config (a preset plus overrides)
                     log.append(dict(step=step.name, title=step.title, status="failed", seconds=round(time.time() - t0, 1),
                                     error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-3)))
                     print(f"{head}: FAILED: {type(e).__name__}: {e}", flush=True)
-                    status = "failed"; break
+                    if step.ablation is None: break  # the steps after a stage need it
+                    broken.add(step.ablation); continue  # nothing depends on an ablation but its own evaluation
                 info.update(step=step.name, title=step.title, seconds=round(time.time() - t0, 1),
                             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 mark.parent.mkdir(exist_ok=True); mark.write_text(json.dumps(info, indent=1) + "\n")
@@ -230,7 +261,7 @@ def run_pipeline(cfg: AuroraConfig,  # the run config (a preset plus overrides)
             if step.kind == "train": ctx["last_model"] = info["model"]
             if stop_after == step.name:
                 print(f"stopping after {step.name} (AURORA_NB_STOP_AFTER)", flush=True); sys.stdout.flush(); os._exit(75)
-        else: status = "ok"
+        status = "failed" if any(e["status"] == "failed" for e in log) else "ok"
     except BaseException:
         status = "interrupted"; raise
     finally:
@@ -301,25 +332,38 @@ def _md_table(rows: dict[str, dict], cols: list[str] | None = None) -> list[str]
     return ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
             *[f"| {k} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for k, r in rows.items()]]
 
-def _figures(out: Path, stages: list[str], final: str | None, cfg: AuroraConfig) -> list[tuple[str, Path]]:
-    "Training curves and example overlays as PNG files in OUT/figures; (caption, path) pairs."
+def _figures(out: Path,
+             runs: dict[str, Path],  # title -> training run folder (stages, then ablations)
+             final: str | None,  # the last evaluated stage
+             cfg: AuroraConfig,
+             cues: dict[str, dict] | None = None,  # row title -> per-cue J (`per_cue`)
+            ) -> list[tuple[str, Path]]:
+    "Training curves, per-cue J and example overlays as PNG files in OUT/figures; (caption, path) pairs."
     import matplotlib; matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import numpy as np
-    from aurora_nb.viz import overlay_strip, read_log_history
+    from aurora_nb.viz import overlay_strip, read_log_history, score_bars
     figs, fd = [], out / FIG_DIR
     fd.mkdir(exist_ok=True)
-    hist = {s: _history(out / s) for s in stages}
-    hist = {s: h for s, h in hist.items() if h}
+    hist = {t: _history(d) for t, d in runs.items()}
+    hist = {t: h for t, h in hist.items() if h}
     if hist:
         fig, axs = plt.subplots(1, len(hist), figsize=(3.2 * len(hist), 2.6), squeeze=False)
-        for a, (s, h) in zip(axs[0], hist.items()):
+        for a, (t, h) in zip(axs[0], hist.items()):
             df = read_log_history(h)
             keys = [k for k in df.key.unique() if k.endswith("loss") or "reward" in k]
             for k in sorted(keys): d = df[df.key == k]; a.plot(d.step, d.value, label=k)
-            a.set_title(STAGE_TITLES[s], fontsize=8); a.set_xlabel("step", fontsize=7); a.legend(fontsize=6)
+            a.set_title(t, fontsize=8); a.set_xlabel("step", fontsize=7); a.legend(fontsize=6)
         fig.tight_layout(); fig.savefig(fd / "curves.png", dpi=80); plt.close(fig)
-        figs.append(("Training curves: the loss terms of each stage (stage 3: the rewards too)", fd / "curves.png"))
+        figs.append(("Training curves: the loss terms of each stage and ablation (stage 3: the rewards too)", fd / "curves.png"))
+    cues = {t: v for t, v in (cues or {}).items() if v}
+    if cues:
+        as_metrics = lambda pc: {"per_cue": {c: {"J_row": j} for c, j in pc.items()}}  # the shape score_bars reads
+        refs = {p: as_metrics(per_cue(out / "eval" / p)) for p in REFERENCE_PREDICTORS if (out / "eval" / p).is_dir()}
+        fig, ax = plt.subplots(figsize=(9, 3))
+        score_bars({t: as_metrics(v) for t, v in cues.items()}, {p: r for p, r in refs.items() if r["per_cue"]}, "J_row", by="cue", ax=ax)
+        ax.set_ylabel("row J (test_s + test_u)"); ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)); fig.tight_layout(); fig.savefig(fd / "cues.png", dpi=80); plt.close(fig)
+        figs.append(("Row J per cue type (test_s + test_u): each stage and ablation as bars, the reference predictors as lines", fd / "cues.png"))
     if final and (out / "eval" / final / "test_s" / "predictions.jsonl").is_file():
         from aurora_nb.data import RefAVSDataset
         from aurora_nb.evaluate import read_mask_pngs, read_predictions
@@ -336,13 +380,26 @@ def _figures(out: Path, stages: list[str], final: str | None, cfg: AuroraConfig)
     return figs
 
 # %% ../nbs/13_pipeline.ipynb #p13repc2
+def _row_title(step: Step) -> str:
+    "The results-table row of an evaluation step: its stage's title, or its ablation's."
+    return ABLATIONS[step.ablation]["title"] if step.ablation else STAGE_TITLES[step.stage]
+
+def ablation_effect(table: dict[str, dict]) -> dict[str, dict]:
+    "For each ablation row of a results table: stage 0's row minus the ablation's, column by column (what stage 0's design adds)."
+    base = table.get(STAGE_TITLES["teacher"])
+    if not base: return {}
+    return {f"stage 0 minus the {name} ablation": {k: base[k] - row[k] for k in base if isinstance(base[k], float) and isinstance(row.get(k), float)}
+            for name, row in ((name, table.get(a["title"])) for name, a in ABLATIONS.items()) if row}
+
 def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict], status: str, seconds: float) -> dict:
     "Write results.json, report.md and report.html from what the run folder holds; returns the results."
     from aurora_nb.evaluate import audio_probe
     by = {e["step"]: e for e in log}
-    trained = [s.stage for s in steps if s.kind == "train" and by.get(s.name, {}).get("status") == "done"]
-    evaluated = [s.stage for s in steps if s.kind == "eval" and by.get(s.name, {}).get("status") == "done"]
-    rows = {STAGE_TITLES[s]: table_row(out / "eval" / s) for s in evaluated}
+    done = [s for s in steps if by.get(s.name, {}).get("status") == "done"]
+    trained = {(STAGE_TITLES[s.stage] if s.kind == "train" else s.title): s.out for s in done if s.kind in ("train", "ablation")}
+    evals = {_row_title(s): s.out for s in done if s.kind == "eval"}  # the stages, then the ablations (plan order)
+    evaluated = [s.stage for s in done if s.kind == "eval" and not s.ablation]
+    rows = {t: table_row(d) for t, d in evals.items()}
     rows.update({p: table_row(out / "eval" / p, model=False) for p in REFERENCE_PREDICTORS if "references" in by})
     rows = {k: v for k, v in rows.items() if v is not None}
     final = evaluated[-1] if evaluated else None
@@ -351,7 +408,7 @@ def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict
         real = _read_metrics(out / "eval" / final / PROBE_SPLIT)
         probe = audio_probe(real, **{m: _read_metrics(out / "eval" / final / f"{PROBE_SPLIT}-{m}") for m in PROBE_MODES})
         probe = {k: {c: float(v) for c, v in r.items()} for k, r in probe.T.to_dict().items()}
-    cues = {STAGE_TITLES[s]: per_cue(out / "eval" / s) for s in evaluated}
+    cues = {t: per_cue(d) for t, d in evals.items()}
     selfcorr = None
     if "reflect" in evaluated:
         try:
@@ -360,12 +417,12 @@ def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict
             selfcorr = {k: {c: (float(v) if c not in ("n", "wrong_to_right", "right_to_wrong") else int(v)) for c, v in r.items()}
                         for k, r in t.T.to_dict().items()}
         except (ImportError, FileNotFoundError, KeyError) as e: selfcorr = {"unavailable": {"why": f"{type(e).__name__}: {e}"}}
-    failed = next((e for e in log if e["status"] == "failed"), None)
+    failed = [e for e in log if e["status"] == "failed"]
     results = dict(status=status, config_hash=config_hash(cfg), preset=cfg.preset, seed=cfg.seed, data_root=display_path(cfg.data.root),
                    eval_rows_per_split=cfg.eval.limit or "all", wall_seconds=round(seconds, 1), steps=log, table=rows,
-                   audio_probe=probe, per_cue_J=cues, self_correction=selfcorr, versions=versions(),
-                   config=config_to_dict(cfg), written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    try: figs = _figures(out, trained, final, cfg)
+                   ablation_effect=ablation_effect(rows) or None, audio_probe=probe, per_cue_J=cues, self_correction=selfcorr,
+                   versions=versions(), config=config_to_dict(cfg), written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    try: figs = _figures(out, trained, final, cfg, cues)
     except Exception as e: figs, results["figures_error"] = [], f"{type(e).__name__}: {e}"
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=1, default=str) + "\n")
     blocks = _report_blocks(results, steps, failed, figs)
@@ -374,16 +431,27 @@ def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict
     return results
 
 # %% ../nbs/13_pipeline.ipynb #p13repc3
-def _report_blocks(results: dict, steps: list[Step], failed: dict | None, figs) -> list[tuple[str, Any]]:
+def _report_blocks(results: dict, steps: list[Step], failed: list[dict], figs) -> list[tuple[str, Any]]:
     "The report as (kind, content) blocks: h (heading), p (paragraph), pre, table (rows dict), img ((caption, path))."
     b = [("h", f"aurora_nb run: {results['status']}")]
-    state = {"ok": "every step finished.", "failed": f"the run stopped: step **{failed['title']}** failed." if failed else "",
+    ablation_steps = {s.name for s in steps if s.ablation}
+    if failed and all(e["step"] in ablation_steps for e in failed):
+        stop = (f"step **{failed[0]['title']}** failed; it is an ablation, so every other step ran. "
+                "Run the same command again to retry it.")
+    else: stop = f"the run stopped: step **{failed[0]['title']}** failed." if failed else ""
+    state = {"ok": "every step finished.", "failed": stop,
              "interrupted": "the run was interrupted; run the same command again to continue.", "running": ""}[results["status"]]
     b.append(("p", f"Preset `{results['preset']}`, config `{results['config_hash']}`, seed {results['seed']}, data "
                    f"`{results['data_root']}`, rows scored per split: {results['eval_rows_per_split']}. Status: {state} "
                    f"Wall time of this invocation: {results['wall_seconds']:.0f} s."))
-    if failed: b += [("h2", f"Failed step: {failed['title']}"), ("pre", f"{failed['error']}\n\n{failed['traceback']}")]
+    for f in failed: b += [("h2", f"Failed step: {f['title']}"), ("pre", f"{f['error']}\n\n{f['traceback']}")]
     b += [("h2", "Results"), ("table", results["table"]) if results["table"] else ("p", "No stage has been evaluated yet.")]
+    if results.get("ablation_effect"):
+        b += [("h2", "What stage 0's answer form adds (stage 0 minus the ablation)"),
+              ("p", 'The ablation is stage 0 trained with the same data, losses, steps and seed, answering "It is [SEG]." '
+                    "with no class word. Each number is stage 0's value minus the ablation's: higher is better for J, F, "
+                    "right class, right object and format, lower for Null S and [SEG] fallback."),
+              ("table", results["ablation_effect"])]
     missing = [e for e in results["steps"] if e["status"] == "not built"]
     if missing:
         b.append(("p", "Not built in this installation, so not run and not in the table: " +

@@ -1,4 +1,5 @@
-"""`aurora-nb run` end to end through the console script: every artifact, kill-and-resume, a failing stage, the plan."""
+"""`aurora-nb run` end to end through the console script: every artifact, kill-and-resume, a failing stage, a failing
+ablation, the plan; the stage-0 answer forms the ablation compares."""
 import json
 import os
 import shutil
@@ -8,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from aurora_nb.config import config_diff, get_config, load_config
+from aurora_nb.data import RefAVSDataset
+from aurora_nb.pipeline import ABLATIONS, ablation_config
+from aurora_nb.sft import SFTDataset
+from aurora_nb.synth import CATEGORIES
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("aurora-nb"))
 STAGES = ("teacher", "sft", "reflect", "grpo")
+BARE = ABLATIONS["bare"]["title"]  # the tiny preset's ablation: stage 0 answering "It is [SEG]."
 SPLITS = ("val", "test_s", "test_u", "test_n")
 # two optimizer steps per stage on the committed sample, two rows per split, eight new tokens: minutes, not a result
 SHORT = ["data.root=data/synth", "data.synth_videos=0", "eval.limit=2", "eval.max_new_tokens=8", "stages.grpo.batch_size=1",
@@ -31,9 +39,16 @@ def test_run_killed_after_stage_1_resumes_and_writes_every_artifact(tmp_path):
     assert r.returncode == 75, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "done" / "sft.json").is_file() and not (out / "done" / "reflect.json").exists()
     teacher = {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*") if p.is_file()}
-    r = run(out)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run(out, env={"AURORA_NB_FAIL_IN": "ablation-bare"})  # resumes; the ablation fails, every other step still runs
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "stage 0: teacher: done earlier" in r.stdout and "stage 1: CoT SFT + distillation: done earlier" in r.stdout
+    status = {e["step"]: e["status"] for e in json.loads((out / "results.json").read_text())["steps"]}
+    assert (status.pop("ablation-bare"), status.pop("eval-ablation-bare")) == ("failed", "skipped")
+    assert list(status.values()) == ["done"] * 11
+    assert f"step **{BARE}** failed; it is an ablation, so every other step ran" in (out / "report.md").read_text()
+    r = run(out)  # only the ablation and its evaluation are left
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stage 3: GRPO: done earlier" in r.stdout and "reference predictors: done earlier" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*") if p.is_file()} == teacher  # stage 0 not recomputed
     assert f"report: {out / 'report.md'}" in r.stdout
     for f in ("report.md", "report.html", "results.json", "config.yaml", "cot/cot.jsonl", "figures/curves.png"):
@@ -43,8 +58,8 @@ def test_run_killed_after_stage_1_resumes_and_writes_every_artifact(tmp_path):
         assert (out / s / "model" / "aurora_config.yaml").is_file(), s
         for sp in SPLITS: assert (out / "eval" / s / sp / "metrics.json").is_file(), (s, sp)
     res = json.loads((out / "results.json").read_text())
-    assert res["status"] == "ok" and [e["status"] for e in res["steps"]] == ["done"] * 11
-    names = ["stage 0: teacher", "stage 1: CoT SFT + distillation", "stage 2: reflective SFT", "stage 3: GRPO",
+    assert res["status"] == "ok" and [e["status"] for e in res["steps"]] == ["done"] * 13
+    names = ["stage 0: teacher", "stage 1: CoT SFT + distillation", "stage 2: reflective SFT", "stage 3: GRPO", BARE,
              "empty", "full", "union", "random-object"]
     assert list(res["table"]) == names
     report = (out / "report.md").read_text()
@@ -52,10 +67,29 @@ def test_run_killed_after_stage_1_resumes_and_writes_every_artifact(tmp_path):
     for name, row in res["table"].items():
         for k in ("Seen J", "Seen F", "Unseen J", "Unseen F", "Mix J&F", "Null S", "right object", "val J"):
             assert isinstance(row[k], float) and 0 <= row[k] <= 1, (name, k, row[k])
-        if not name.startswith("stage"): continue
+        if not name.startswith(("stage", "ablation")): continue
         for k in ("right class", "[SEG] fallback", "format"): assert 0 <= row[k] <= 1, (name, k, row[k])
     assert res["table"]["empty"]["Seen J"] == 0 and res["table"]["full"]["Null S"] == 1  # the references mean what they say
     assert set(res["audio_probe"]) == {"real", "muted", "shuffled"}
+    # the ablation: stage 0's settings but the answer, its own evaluation, and stage 0 minus it in a table of its own
+    assert config_diff(load_config(out / "teacher" / "config.yaml"), load_config(out / "ablation-bare" / "config.yaml")) == {
+        "stages.teacher.answer": ("class", "bare")}
+    for sp in SPLITS: assert (out / "eval" / "ablation-bare" / sp / "metrics.json").is_file(), sp
+    assert not (out / "eval" / "ablation-bare" / "test_s-muted").exists()  # the audio probe is the final stage's
+    effect = res["ablation_effect"]["stage 0 minus the bare ablation"]
+    assert effect["Mix J&F"] == pytest.approx(res["table"]["stage 0: teacher"]["Mix J&F"] - res["table"][BARE]["Mix J&F"])
+    assert "## What stage 0's answer form adds" in report and (out / "figures" / "cues.png").is_file()
+
+
+def test_stage_0_names_the_class_and_the_bare_ablation_does_not():
+    cfg = get_config("tiny", ["data.root=data/synth"])
+    assert cfg.stages.teacher.answer == get_config("full").stages.teacher.answer == "class"  # the released form by default
+    base = RefAVSDataset.from_config(cfg.data, "train")
+    samples = base.samples  # answers need the rows' classes only, no clip is read
+    plain, bare = SFTDataset(base, "teacher"), SFTDataset(base, "teacher", answer_form=ablation_config(cfg, "bare").stages.teacher.answer)
+    assert [plain.answer(s.index, s.category) for s in samples] == [f"It is {s.category} [SEG]." for s in samples]
+    answers = {bare.answer(s.index, s.category) for s in samples}
+    assert answers == {"It is [SEG]."} and not any(c in a for a in answers for c in CATEGORIES)
 
 
 def test_a_failing_stage_leaves_a_report_naming_it_and_a_changed_config_is_refused(tmp_path):
@@ -72,11 +106,12 @@ def test_a_failing_stage_leaves_a_report_naming_it_and_a_changed_config_is_refus
 
 
 def test_full_preset_plan_checks_config_data_and_paths_without_weights(tmp_path):
-    r = subprocess.run([EXE, "run", "--preset", "full", "--data", "data/synth", "--out", str(tmp_path / "full"), "--plan"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run([EXE, "run", "--preset", "full", "--data", "data/synth", "--out", str(tmp_path / "full"), "--plan",
+                        "eval.ablations=[bare]"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Qwen/Qwen2.5-Omni-7B" in r.stdout and "data: OK" in r.stdout and "oracle" in r.stdout
-    for title in ("stage 0: teacher", "stage 3: GRPO", "reference predictors"): assert title in r.stdout
+    for title in ("stage 0: teacher", "stage 3: GRPO", "reference predictors", BARE, "evaluate the bare ablation"): assert title in r.stdout
+    assert str(tmp_path / "full" / "eval" / "ablation-bare") in r.stdout
     assert str(tmp_path / "full" / "eval" / "teacher") in r.stdout
     assert not (tmp_path / "full").exists()  # a plan writes nothing
     r = subprocess.run([EXE, "run", "--preset", "full", "--data", str(tmp_path / "nothing"), "--plan"],

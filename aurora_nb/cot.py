@@ -20,15 +20,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 # %% auto #0
 __all__ = ['SEG_TOKEN', 'STEPS', 'STEP_HEADERS', 'NULL_CLASS', 'TEACHER_ANSWER', 'TARGET_SENTENCE', 'SEG_SENTENCE',
-           'TEACHER_FORMS', 'SYSTEM_PROMPT', 'USER_PROMPT', 'NULL_SYNONYMS', 'ORACLE_VERSION', 'COT_SOURCES',
-           'RELEASE_MAX_CHARS', 'TEACHER_PROMPT_VERSION', 'TEACHER_SYSTEM', 'TEACHER_PROMPT', 'TEACHER_GIVEN',
-           'REJECT_REASONS', 'teacher_answer', 'format_cot', 'cot_answer', 'build_messages', 'with_teacher_answers',
-           'system_message', 'chat_builder', 'normalise_class', 'ParsedAnswer', 'parse_answer', 'oracle_cot',
-           'CotRecord', 'read_cot_jsonl', 'cot_done', 'write_cot_jsonl', 'oracle_records', 'CotAlignmentError',
-           'ReleaseCot', 'load_release_cot', 'cot_side_files', 'format_cot_summary', 'write_oracle_cot',
-           'write_release_cot', 'teacher_instruction', 'teacher_messages', 'TeacherReply', 'Verdict',
-           'teacher_reasoning', 'judge_reply', 'write_teacher_cot', 'OmniTeacher', 'load_teacher', 'cot_main',
-           'tokenizer_corpus', 'train_tiny_tokenizer', 'make_tiny_tokenizer']
+           'TEACHER_FORMS', 'SYSTEM_PROMPT', 'USER_PROMPT', 'NULL_SYNONYMS', 'ORACLE_VERSION', 'ORACLE_STYLES',
+           'COT_SOURCES', 'RELEASE_MAX_CHARS', 'TEACHER_PROMPT_VERSION', 'TEACHER_SYSTEM', 'TEACHER_PROMPT',
+           'TEACHER_GIVEN', 'REJECT_REASONS', 'teacher_answer', 'format_cot', 'cot_answer', 'build_messages',
+           'with_teacher_answers', 'system_message', 'chat_builder', 'normalise_class', 'ParsedAnswer', 'parse_answer',
+           'oracle_cot', 'CotRecord', 'read_cot_jsonl', 'cot_done', 'write_cot_jsonl', 'oracle_records',
+           'CotAlignmentError', 'ReleaseCot', 'load_release_cot', 'cot_side_files', 'format_cot_summary',
+           'write_oracle_cot', 'write_release_cot', 'teacher_instruction', 'teacher_messages', 'TeacherReply',
+           'Verdict', 'teacher_reasoning', 'judge_reply', 'write_teacher_cot', 'OmniTeacher', 'load_teacher',
+           'cot_main', 'tokenizer_corpus', 'train_tiny_tokenizer', 'make_tiny_tokenizer']
 
 # %% ../nbs/05_cot.ipynb #c5imp2
 from .config import AuroraConfig, display_path
@@ -247,6 +247,14 @@ def _audio_step(clip: dict, cats: dict, rng: random.Random) -> str:
     return " ".join(out)
 
 # %% ../nbs/05_cot.ipynb #c5oraref
+def _target_fact(row: dict, clip: dict, cats: dict) -> str:
+    "The fact about the row's target that its cue relies on: 'the bell is at the top'."
+    o = next(x for x in clip["objects"] if x["fid"] == row["target"]); c = o["category"]; cat = cats[c]
+    sound = f"makes the {_sound(cat)} sound {_when(o['sounding'])}" if o["sounding"] else "never makes a sound"
+    return {"visual": f"the {c} is {_a(_look(cat))}, {_motion(o)}", "spatial": f"the {c} is {_where(o, clip['size'][1])}",
+            "audio": f"the {c} {sound}", "temporal": f"the {c} {sound}",
+            "mixed": f"the {c} is {_a(_look(cat))} {_where(o, clip['size'][1])}, {_motion(o)}, and {sound}"}[row["cue"]]
+
 def _reference_step(row: dict, clip: dict, cats: dict, rng: random.Random) -> str:
     "Step 3: the expression and the target's facts that the row's cue relies on."
     exp = row["expression"].strip().rstrip(".")
@@ -255,25 +263,38 @@ def _reference_step(row: dict, clip: dict, cats: dict, rng: random.Random) -> st
         out.append(rng.choice(["None of the objects in the clip fits this description, so it refers to nothing.",
                                "No object here matches it: the reference points to nothing."]))
         return " ".join(out)
-    o = next(x for x in clip["objects"] if x["fid"] == row["target"]); c = o["category"]; cat = cats[c]
-    sound = f"makes the {_sound(cat)} sound {_when(o['sounding'])}" if o["sounding"] else "never makes a sound"
-    fact = {"visual": f"the {c} is {_a(_look(cat))}, {_motion(o)}", "spatial": f"the {c} is {_where(o, clip['size'][1])}",
-            "audio": f"the {c} {sound}", "temporal": f"the {c} {sound}",
-            "mixed": f"the {c} is {_a(_look(cat))} {_where(o, clip['size'][1])}, {_motion(o)}, and {sound}"}[row["cue"]]
+    fact = _target_fact(row, clip, cats)
     out.append(rng.choice([f"Here {fact}, and no other object fits.", f"Only one object fits: {fact}."]))
     return " ".join(out)
 
 # %% ../nbs/05_cot.ipynb #c5oracle
 ORACLE_VERSION = "oracle-v1"  # bump when the oracle's wording or facts change
+ORACLE_STYLES = {"full": ORACLE_VERSION, "terse": "oracle-terse-v1"}  # `data.cot_style` -> the version its records carry
+
+def _terse_steps(row: dict, clip: dict, cats: dict) -> tuple[str, str, str]:
+    "Steps 1-3 with the same facts in one fixed wording of about a third of the length (no variants, no filler)."
+    objs = sorted(clip["objects"], key=lambda o: sum(c[0] for c in o["centers"]))
+    n = {1: "one object", 2: "two objects", 3: "three objects", 4: "four objects"}.get(len(objs), f"{len(objs)} objects")
+    images = " ".join([f"I see {n}."] + [f"The {o['category']} is {_a(_look(cats[o['category']]))} {_where(o, clip['size'][1])}, "
+                                         f"{_motion(o)}." for o in objs])
+    src = _sources(clip)
+    audio = " ".join(f"The {s['category']} sounds {_when(s['sounding'])}." if s["visible"] else
+                     f"A {s['category']} sounds {_when(s['sounding'])}, not in view." for s in src) or "The track is silent."
+    exp = row["expression"].strip().rstrip(".")
+    fact = "It refers to nothing." if row["target"] is None else f"Only {_target_fact(row, clip, cats)}."
+    return images, audio, f'The reference is "{exp}". {fact}'
 
 def oracle_cot(ann: dict,  # `read_annotations(root)` of a synthetic benchmark
                row: int,  # CSV row index (the annotations' key)
-               seed: int = 0,  # wording seed; the facts do not depend on it
+               seed: int = 0,  # wording seed; the facts do not depend on it (the terse style has one wording)
+               style: str = "full",  # "full": varied sentences, as a teacher model writes them; "terse": the same facts in a third of the tokens (the tiny preset)
               ) -> str:
     "A four-step reasoning for one synthetic row, true to its annotations, ending with 'The target is <class>.'"
+    if style not in ORACLE_STYLES: raise ValueError(f"oracle CoT style {style!r}: expected one of {', '.join(map(repr, ORACLE_STYLES))}")
     r = ann["rows"][row]; clip = ann["clips"][r["folder"]]; cats = ann["categories"]
-    rng = random.Random(f"oracle:{seed}:{row}")
     category = NULL_CLASS if r["target"] is None else r["category"]
+    if style == "terse": return format_cot(*_terse_steps(r, clip, cats), category)
+    rng = random.Random(f"oracle:{seed}:{row}")
     lead = rng.choice(["", f"The referred object is the {category}." if r["target"] is not None else "Nothing in the clip is referred to."])
     return format_cot(_images_step(clip, cats, rng), _audio_step(clip, cats, rng), _reference_step(r, clip, cats, rng), category, lead)
 
@@ -352,12 +373,13 @@ def oracle_records(root: str | Path,  # a synthetic Ref-AVS root (with annotatio
                    split: str = "train",
                    seed: int = 0,  # wording seed
                    skip: set | None = None,  # (split, index) keys to leave out (e.g. `cot_done(path)`)
+                   style: str = "full",  # `data.cot_style`: "full" or "terse" (see `oracle_cot`)
                   ) -> Iterator[CotRecord]:
     "Oracle CoT records of a split, in split order."
-    ann = read_annotations(root)
+    ann, version = read_annotations(root), ORACLE_STYLES.get(style, style)
     for s in read_samples(root, split):
         if skip and (s.split, s.index) in skip: continue
-        yield CotRecord(s.split, s.index, s.uid, s.category, oracle_cot(ann, s.row, seed), "oracle", "oracle", f"{ORACLE_VERSION}+seed{seed}")
+        yield CotRecord(s.split, s.index, s.uid, s.category, oracle_cot(ann, s.row, seed, style), "oracle", "oracle", f"{version}+seed{seed}")
 
 # %% ../nbs/05_cot.ipynb #c5rel
 RELEASE_MAX_CHARS = 2000  # reasoning this long or longer is dropped (official loader)
@@ -454,12 +476,14 @@ def write_oracle_cot(root: str | Path,  # a synthetic Ref-AVS root (with annotat
                      split: str = "train",
                      seed: int = 0,  # wording seed
                      limit: int | None = None,  # only the first `limit` rows of the split
+                     style: str = "full",  # "full" or "terse" (see `oracle_cot`); a file holds one style
                     ) -> dict:
     "Write (or complete) the oracle CoT of a split's first rows to `out`; returns the summary saved beside it."
-    out = Path(out); prov = ("oracle", "oracle", f"{ORACLE_VERSION}+seed{seed}")
+    if style not in ORACLE_STYLES: raise ValueError(f"oracle CoT style {style!r}: expected one of {', '.join(map(repr, ORACLE_STYLES))}")
+    out = Path(out); prov = ("oracle", "oracle", f"{ORACLE_STYLES[style]}+seed{seed}")
     have = _keys_with(out, prov)
     n = len(read_samples(root, split)); n = n if limit is None else min(int(limit), n)
-    written = write_cot_jsonl(out, (r for r in oracle_records(root, split, seed, skip=have) if r.index < n))
+    written = write_cot_jsonl(out, (r for r in oracle_records(root, split, seed, skip=have, style=style) if r.index < n))
     kept = len({k for k in have if k[0] == split and k[1] < n}) + written
     return _summary(out, prov, split, root, n, kept, {}, written, len({k for k in have if k[0] == split and k[1] < n}))
 
@@ -695,7 +719,7 @@ def cot_main(args: argparse.Namespace) -> int:
     g = lambda k, d=None: d if getattr(args, k, None) is None else getattr(args, k)
     split, limit = g("split", "train"), g("limit")
     try:
-        if g("oracle"): s = write_oracle_cot(args.data, args.out, split, g("seed", 0), limit)
+        if g("oracle"): s = write_oracle_cot(args.data, args.out, split, g("seed", 0), limit, g("style", "full"))
         elif g("release"): s = write_release_cot(args.release, args.data, args.out, split, limit, g("max_mismatch", 0.0))
         elif g("teacher"):
             teacher = load_teacher(args.teacher, g("preset", "full"), g("config"), g("overrides", []), g("device"),
@@ -712,11 +736,15 @@ def cot_main(args: argparse.Namespace) -> int:
 # %% ../nbs/05_cot.ipynb #c5tokc
 def tokenizer_corpus(root: str | Path | None = None,  # synthetic Ref-AVS root; None skips the generated text
                     ) -> list[str]:
-    "Text the tiny BPE is trained on: prompts, answer sentences and the synthetic benchmark's own text."
+    "Text the tiny BPE is trained on: prompts, answer sentences, the synthetic benchmark's own text and its oracle reasoning."
     texts = [SYSTEM_PROMPT, USER_PROMPT.format(exp=""), SEG_SENTENCE, f"{TARGET_SENTENCE.format(category=NULL_CLASS)} {SEG_SENTENCE}",
              "Wait, let me reconsider"]
     texts += [teacher_answer(c) for c in CATEGORIES] + [TARGET_SENTENCE.format(category=c) for c in CATEGORIES]
     if root is not None: texts += list(synthetic_corpus(root))
+    if root is not None and (Path(root) / "annotations.json").is_file():  # both oracle styles, two wordings of the full one
+        ann = read_annotations(root)
+        texts += [cot_answer(oracle_cot(ann, i, seed, style)) for i in range(len(ann["rows"]))
+                  for style, seed in (("full", 0), ("full", 1), ("terse", 0))]
     return texts
 
 def train_tiny_tokenizer(corpus: Iterable[str],  # training text

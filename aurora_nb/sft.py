@@ -87,11 +87,12 @@ def load_cot(path: str | Path,  # a CoT JSONL file (`aurora_nb.cot` format)
 def oracle_cot_file(root: str | Path,  # a synthetic Ref-AVS root (with annotations.json)
                     split: str,
                     path: str | Path,  # the JSONL file to write or complete
+                    style: str = "full",  # `data.cot_style`: the oracle's wording, "full" or "terse"
                    ) -> Path:
     "Write (or complete) the oracle CoT of a synthetic benchmark's split to `path`."
     if not (Path(root) / "annotations.json").is_file():
         raise FileNotFoundError(f"{root}: no annotations.json, so no oracle CoT; give a CoT JSONL file (--data-file)")
-    write_cot_jsonl(path, oracle_records(root, split))
+    write_cot_jsonl(path, oracle_records(root, split, style=style))
     return Path(path)
 
 # %% ../nbs/12a_sft.ipynb #s12store
@@ -304,7 +305,7 @@ def train_stage(cfg: AuroraConfig,  # the run config (stage settings from `cfg.s
     if stage in COT_STAGES:
         if cot is None:
             with args.main_process_first(desc="CoT data"):
-                path = Path(data_file) if data_file else oracle_cot_file(base.root, base.split, out / COT_FILE)
+                path = Path(data_file) if data_file else oracle_cot_file(base.root, base.split, out / COT_FILE, cfg.data.cot_style)
             cot = load_cot(path, base.split, len(base))
         if st.kd_weight:
             t_model = from_pretrained(model_dir(teacher))

@@ -266,3 +266,16 @@ def test_cot_command_names_a_missing_teacher(tmp_path, synth, capsys):
     err = capsys.readouterr().err
     assert "'Qwen/Qwen2.5-Omni-7B'" in err and "HF_HUB_OFFLINE is set" in err and "hf download Qwen/Qwen2.5-Omni-7B" in err
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_oracle_styles_are_separate_files(tmp_path, synth, train):
+    out = tmp_path / "t.jsonl"
+    assert main(["cot", "--oracle", "--style", "terse", "--data", str(synth), "--out", str(out)]) == 0
+    recs = read_cot_jsonl(out)
+    assert {r.prompt_version for r in recs} == {"oracle-terse-v1+seed0"} and len(recs) == len(train)
+    assert recs == list(oracle_records(synth, "train", style="terse"))
+    assert recs != list(oracle_records(synth, "train"))
+    with pytest.raises(ValueError, match="holds CoT with"):  # one provenance per file: no mixing of wordings
+        write_oracle_cot(synth, out)
+    with pytest.raises(ValueError, match="expected one of 'full', 'terse'"):
+        write_oracle_cot(synth, tmp_path / "x.jsonl", style="short")

@@ -743,11 +743,17 @@ def completion_logprobs(model: AuroraModel,
 @dataclasses.dataclass
 class Prediction:
     "One sample's inference result."
-    text: str  # decoded answer (special tokens skipped; [SEG] kept)
+    text: str  # decoded answer (special tokens skipped; [SEG] kept), with the fallback when one was appended: what prompted SAM
     used_fallback: bool  # True when `eval.seg_fallback` had to be appended
     mask_logits: torch.Tensor  # [T, H, W] float32 logits at the item's original frame size
     seg_embedding: torch.Tensor  # [C] the SAM prompt
     answer_ids: list[int] = dataclasses.field(default_factory=list)  # answer token ids (fallback included, no eos)
+    generated: str | None = None  # the model's own words, without the fallback (None: same as `text`)
+
+    @property
+    def own_text(self) -> str:
+        "What the model wrote: `text` without an appended fallback. Judge formats and errors on this, not on `text`."
+        return self.text if self.generated is None else self.generated
 
 def answer_rows(batch: dict,  # a left-padded generation batch
                 answer_ids: Sequence[Sequence[int]],  # per row, the ids to append
@@ -814,6 +820,7 @@ def predict(model: AuroraModel,
     fb_ids = tok(model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
     space = tok(" " + model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
     fallback = [model.seg_token_id not in ids for ids in answer_ids]
+    own = [tok.decode(ids, skip_special_tokens=True) for ids in answer_ids]
     answer_ids = [ids + ((space if ids else fb_ids) if fb else []) for ids, fb in zip(answer_ids, fallback)]
     redo = [b for b in range(len(items)) if not found[b]]  # fallback rows (and a [SEG] that came last)
     if redo:
@@ -835,7 +842,8 @@ def predict(model: AuroraModel,
         h, w = batch["mask_sizes"][b].tolist()
         preds.append(Prediction(text=tok.decode(answer_ids[b], skip_special_tokens=True), used_fallback=fallback[b],
                                 mask_logits=masks_to_original(low[b], model.sam_image_size, (h, w)).cpu(),
-                                seg_embedding=prompts[b].float().cpu(), answer_ids=list(answer_ids[b])))
+                                seg_embedding=prompts[b].float().cpu(), answer_ids=list(answer_ids[b]),
+                                generated=own[b] if fallback[b] else None))
     return preds
 
 # %% ../nbs/04_model.ipynb #m4savec

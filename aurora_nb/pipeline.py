@@ -126,7 +126,7 @@ def _cot_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
         raise StepFailed(f"{root} has no annotations.json, so there is no oracle CoT: give a CoT JSONL file "
                          "(aurora-nb run --cot-file FILE)")
     from aurora_nb.sft import COT_FILE, oracle_cot_file
-    path = oracle_cot_file(root, cfg.data.train_split, step.out / COT_FILE)
+    path = oracle_cot_file(root, cfg.data.train_split, step.out / COT_FILE, cfg.data.cot_style)
     return dict(file=str(path), source="oracle", records=sum(1 for _ in open(path)))
 
 # %% ../nbs/13_pipeline.ipynb #p13trainc
@@ -294,7 +294,7 @@ def table_row(folder: str | Path,  # OUT/eval/<stage or predictor>
     if model:
         recs = [r for sp in EVAL_SPLITS for r in read_predictions(folder / sp)]
         row["[SEG] fallback"] = sum(bool(r.get("fallback")) for r in recs) / len(recs)
-        row["format"] = sum(parse_answer(r.get("text") or "").well_formed for r in recs) / len(recs)
+        row["format"] = sum(not r.get("fallback") and parse_answer(r.get("text") or "").well_formed for r in recs) / len(recs)  # the model's own closing, not the appended fallback
     else: row.update({"[SEG] fallback": None, "format": None})
     return row
 

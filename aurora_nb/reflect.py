@@ -169,13 +169,14 @@ def join_steps(steps: dict[str, str]) -> str:
 class OracleCorrector(Corrector):
     "Rewrites only the false, missing or wrong-class steps from the sidecar (synthetic benchmark); keeps the true ones."
     def __init__(self, ann: dict,  # `read_annotations(root)`
-                 seed: int = 0):  # wording seed of the rewritten steps
-        self.ann, self.seed, self.name = ann, seed, "oracle"
+                 seed: int = 0,  # wording seed of the rewritten steps
+                 style: str = "full"):  # the oracle's wording (`data.cot_style`), as in the stage-1 data
+        self.ann, self.seed, self.style, self.name = ann, seed, style, "oracle"
 
     def correct(self, case: Case) -> str | None:
         "The corrected reasoning of one case."
         mine, j = split_steps(reasoning_of(case.wrong.rsplit(TRIGGER.rstrip(" ."), 1)[-1])), case.judgement
-        truth = split_steps(oracle_cot(self.ann, case.row["row"], self.seed))
+        truth = split_steps(oracle_cot(self.ann, case.row["row"], self.seed, self.style))
         redo = {s for s in STEPS if s not in mine or s in j.false_steps}
         if j.target != j.category or "format" in j.kinds: redo.add("answer")
         if not redo: return None  # every step is true: a wrong mask is not a wrong text
@@ -284,8 +285,8 @@ def find_wrong_paths(model,  # the stage-1 AuroraModel
                 if (i, s) in done: continue
                 iou = round(iou_reward(p.mask_logits, torch.as_tensor(it["masks"])), 4)
                 row = ann["rows"][it["row"]] if ann else it
-                j = judge(p.text, row, iou, ann, st.min_iou, st.trigger)
-                recs.append(dict(split=split, index=i, uid=it["uid"], category=j.category, sample=s, text=p.text, iou=iou,
+                j = judge(p.own_text, row, iou, ann, st.min_iou, st.trigger)  # its own words: a missing [SEG] is an error
+                recs.append(dict(split=split, index=i, uid=it["uid"], category=j.category, sample=s, text=p.own_text, iou=iou,
                                  target=j.target, kinds=list(j.kinds), false_steps=j.false_steps, checkpoint=checkpoint))
         _append_jsonl(out, sorted(recs, key=lambda r: (r["index"], r["sample"])))
     return _read_jsonl(out)
@@ -359,7 +360,7 @@ def make_corrector(cfg: AuroraConfig, model=None) -> Corrector:
     if name == "oracle":
         if not (root / "annotations.json").is_file():
             raise FileNotFoundError(f"{root}: no annotations.json, so no oracle corrector; set stages.reflect.corrector to a model folder")
-        return OracleCorrector(read_annotations(root), cfg.seed)
+        return OracleCorrector(read_annotations(root), cfg.seed, cfg.data.cot_style)
     return ModelCorrector.from_model(from_pretrained(model_dir(name)), name)
 
 def reflective_data_file(cfg: AuroraConfig, init: str | Path, out_dir: str | Path, progress: bool = True,

@@ -250,6 +250,8 @@ def test_predict_equals_teacher_forced_forward(tiny):
                     logits_processor=LogitsProcessorList([ForceSeg(L, 1, tiny.seg_token_id, rows=[0])]), build_messages=build_messages)
     assert [p.used_fallback for p in preds] == [False, True]
     assert preds[1].text.endswith("It is [SEG].") and "[SEG]" in preds[0].text
+    assert preds[0].own_text == preds[0].text and "[SEG]" not in preds[1].own_text  # the model's own words, fallback left out
+    assert preds[1].text.startswith(preds[1].own_text) and len(preds[1].own_text) < len(preds[1].text)
     full = {**batch, **answer_rows(batch, [p.answer_ids for p in preds], tiny.tokenizer.pad_token_id)}
     with torch.no_grad():
         out = tiny(**model_inputs(full))

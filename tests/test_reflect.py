@@ -2,6 +2,7 @@
 search for wrong paths and a stage-2 run through the command-line handler that resumes after a kill."""
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def test_judge_hand_made():
     assert wrong.kinds == ("wrong_class", "false_step") and wrong.target == o and list(wrong.false_steps) == ["answer"]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_oracle_reaches_the_target_and_keeps_true_steps(seed):
-    oc = OracleCorrector(ANN, seed=seed)
+@pytest.mark.parametrize("seed,style", [(0, "full"), (1, "full"), (0, "terse")])
+def test_oracle_reaches_the_target_and_keeps_true_steps(seed, style):
+    oc = OracleCorrector(ANN, seed=seed, style=style)
     for k, r in enumerate(ROWS):
         steps = split_steps(oracle_cot(ANN, r["row"], seed + 7))  # another wording: true steps that differ from the oracle's own
         liar = ROWS[(k + 5) % len(ROWS)]
@@ -53,6 +54,17 @@ def test_oracle_reaches_the_target_and_keeps_true_steps(seed):
         assert judge(fixed + " " + SEG_SENTENCE, r, 0.9, ANN).kinds == ()
         for s in STEPS:
             if s not in j.false_steps and s != "answer": assert split_steps(fixed)[s] == steps[s], (k, s)
+            else: assert split_steps(fixed)[s] == split_steps(oracle_cot(ANN, r["row"], seed, style))[s], (k, s)  # rewritten in the run's wording
+
+
+def test_terse_oracle_is_true_and_its_lies_are_found():
+    for r in ANN["rows"]:
+        right = oracle_cot(ANN, r["row"], style="terse") + " " + SEG_SENTENCE
+        assert judge(right, r, 0.9, ANN).kinds == (), right
+    r = ROWS[0]; o = _other(r); right = oracle_cot(ANN, r["row"], style="terse") + " " + SEG_SENTENCE
+    assert list(judge(right.replace("Images: I see", f"Images: The {o} is on the left. I see"), r, None, ANN).false_steps) == ["images"]
+    when = re.search(r"sounds (from \d+ s to \d+ s)", right)
+    if when: assert "false_step" in judge(right.replace(when.group(1), "from 0 s to 1 s", 1), r, None, ANN).kinds
 
 
 def test_splice():
@@ -85,6 +97,8 @@ def test_find_wrong_paths_resumes(tiny, tmp_path):
     first = find_wrong_paths(tiny, split="train", out_path=out, k=1, limit=3, checkpoint="c1", progress=False)
     assert [(r["index"], r["sample"]) for r in first] == [(i, s) for i in range(3) for s in (0, 1)]
     assert all(r["kinds"] and 0 <= r["iou"] <= 1 and r["checkpoint"] == "c1" for r in first)
+    assert all(("no_seg" in r["kinds"]) == ("[SEG]" not in r["text"]) for r in first)  # judged on the model's own words, not the fallback
+    assert any("no_seg" in r["kinds"] for r in first)
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:4]) + lines[4][:20])  # killed while writing the 5th line
     again = find_wrong_paths(tiny, split="train", out_path=out, k=1, limit=3, checkpoint="c1", progress=False)

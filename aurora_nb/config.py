@@ -38,6 +38,7 @@ class DataConfig:
     llm_max_pixels: int = 448 * 448  # per-frame pixel budget of the omni video processor
     llm_audio_seconds: float = 0.0  # seconds of audio given to the LLM, from the clip start; 0 gives the whole clip (as the paper)
     system_prompt: str = "official"  # system message of every chat: "official" (the released text), "none" (no system message) or the text itself
+    cot_style: Literal["full", "terse"] = "full"  # wording of the oracle CoT on a synthetic benchmark: "full" (varied sentences, as a teacher model writes) or "terse" (the same facts, one short wording: the tiny preset, whose model and token budgets are small)
     num_workers: int = 2  # DataLoader worker processes
     synth_videos: int = 0  # `aurora-nb run`: > 0 trains and evaluates on a generated synthetic benchmark of this many clips, `data/synth-<N>v-seed<seed>/`, made once from `seed`, instead of `root`
 
@@ -286,6 +287,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.llm_frames": 4,
         "data.llm_max_pixels": 112 * 112,
         "data.num_workers": 0,
+        "data.cot_style": "terse",  # ~130-token reasoning instead of ~190: the tiny model finishes it within its budgets
         "data.synth_videos": 32,
         "model.thinker": "",
         "model.segmenter": "",
@@ -305,19 +307,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.sam_image_size": 128,
         "model.trainable": "all",
         "model.freeze_sam_encoder": False,
-        "model.max_length": 1024,
+        "model.max_length": 1536,  # a reflective answer holds a wrong path of up to 256 tokens and the corrected one
         **{f"stages.{s}.{k}": v for s in ("teacher", "sft", "reflect")
            for k, v in {"lr": 1e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1,
                         "save_steps": 30, "logging_steps": 5}.items()},
+        "stages.teacher.max_steps": 300,  # at 100 steps stage 0 still stops after "It is" and never writes [SEG]
+        "stages.teacher.save_steps": 100,
+        "stages.sft.max_steps": 400,  # the CoT's format takes ~300 steps to learn; 60 steps stop after "Images."
+        "stages.sft.save_steps": 100,
+        "stages.reflect.max_steps": 200,
+        "stages.reflect.save_steps": 100,
         "stages.grpo.lr": 1e-4,
         "stages.grpo.kl_beta": 0.0,  # tiny trains every weight: no adapters to switch off for a reference (β = 0, as released)
         "stages.grpo.warmup_steps": 2,
         "stages.grpo.max_steps": 10,
         "stages.grpo.grad_accum": 1,
-        "stages.grpo.max_new_tokens": 48,
+        "stages.grpo.max_new_tokens": 256,  # the terse CoT is at most ~220 tokens
         "stages.grpo.save_steps": 5,
         "stages.grpo.logging_steps": 1,
-        "eval.max_new_tokens": 64,
+        "eval.max_new_tokens": 256,
         "eval.limit": 16,
         "eval.ablations": ["bare"],  # stage 0 without the class word, next to the stages in the demo's report
     },

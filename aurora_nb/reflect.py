@@ -12,14 +12,15 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 # %% auto #0
 __all__ = ['ERROR_KINDS', 'TRIGGER', 'CORRECTION_PROMPT', 'JUDGED_FILE', 'REFLECT_FILE', 'reasoning_of', 'split_steps',
            'false_sentences', 'Judgement', 'judge', 'Case', 'Corrector', 'join_steps', 'OracleCorrector',
            'ModelCorrector', 'splice_reflective', 'find_wrong_paths', 'ReflectRecord', 'build_reflective_data',
-           'write_reflect_jsonl', 'read_reflect_jsonl', 'reflect_cot', 'make_corrector', 'reflective_data_file',
-           'train_reflect', 'train_main', 'self_correction', 'self_correction_table', 'diff_html']
+           'write_reflect_jsonl', 'read_reflect_jsonl', 'reflect_cot', 'make_corrector', 'stage1_paths',
+           'reflective_data_file', 'train_reflect', 'train_main', 'self_correction', 'self_correction_table',
+           'diff_html']
 
 # %% ../nbs/12b_reflect.ipynb #r12imp2
 import torch
@@ -27,12 +28,12 @@ import torch
 # %% ../nbs/12b_reflect.ipynb #r12imp3
 from .config import AuroraConfig, ConfigError, get_config, resolve_path
 from .cot import (NULL_CLASS, SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, TARGET_SENTENCE, chat_builder,
-                           normalise_class, oracle_cot, parse_answer)
+                           normalise_class, oracle_cot, oracle_records, parse_answer)
 from .cot import _motion, _sources, _when, _where  # the oracle's own fact phrasing: one source of truth
 from .data import RefAVSDataset
 from .model import from_pretrained, predict, weights_fingerprint
 from .rewards import iou_reward
-from .sft import MODEL_DIR, model_dir, train_stage
+from .sft import COT_FILE, MODEL_DIR, load_cot, model_dir, train_stage
 from .sft import train_main as sft_train_main
 from .synth import PITCH_WORDS, RHYTHM_WORDS, TIMBRE_WORDS, read_annotations
 
@@ -305,6 +306,7 @@ class ReflectRecord:
     corrector: str = ""  # who corrected it ("" for plain)
     errors: list[str] = field(default_factory=list)  # the wrong answer's error kinds
     sample: int = 0  # which answer: 0 greedy, 1.. sampled
+    origin: str = "model"  # where the text comes from: "model" (the checkpoint's answer) or "cot" (the stage-1 CoT, a plain path for a row the model got wrong)
 
 def build_reflective_data(judged: Sequence[dict],  # `find_wrong_paths` records
                           corrector: Corrector,
@@ -312,8 +314,9 @@ def build_reflective_data(judged: Sequence[dict],  # `find_wrong_paths` records
                           rows: Callable[[dict], dict] | None = None,  # judged record -> its row (sidecar row for the oracle)
                           reflective_fraction: float = 1.0, plain_ratio: float = 1.0,  # `stages.reflect.*`
                           seed: int = 0, trigger: str = TRIGGER,
+                          right_paths: Mapping[int, str] | None = None,  # split position -> the stage-1 CoT's reasoning: plain paths when the model's own right answers are too few
                          ) -> list[ReflectRecord]:
-    "Reflective answers for the rows the model got wrong, mixed with its own right answers; one per row, in split order."
+    "Reflective answers for the rows the model got wrong, mixed with right answers (its own first, then the stage-1 CoT's); one per row, in split order."
     by = {}
     for r in sorted(judged, key=lambda r: (r["index"], r["sample"])): by.setdefault(r["index"], []).append(r)
     wrong = {i: next(r for r in rs if r["kinds"]) for i, rs in by.items() if any(r["kinds"] for r in rs)}
@@ -323,12 +326,22 @@ def build_reflective_data(judged: Sequence[dict],  # `find_wrong_paths` records
     fixed = {i: c for i, c in zip(wrong, corrector(cases)) if c is not None}
     rng = random.Random(seed)
     keep = sorted(rng.sample(sorted(fixed), round(reflective_fraction * len(fixed))))
+    spare = [i for i in keep if right_paths is not None and i in right_paths]  # wrong rows that could take a stage-1 path
+    if spare and len(plain) < plain_ratio * len(keep):  # too few own right answers: split the wrong rows to keep the ratio
+        n_ref = max(len(keep) - len(spare), min(len(keep), round((len(keep) + len(plain)) / (1 + plain_ratio))))
+        cot_rows = set(rng.sample(spare, len(keep) - n_ref))
+        keep = [i for i in keep if i not in cot_rows]
+    else: cot_rows = set()
     out = [ReflectRecord(wrong[i]["split"], i, wrong[i]["uid"], wrong[i]["category"],
                          splice_reflective(wrong[i]["text"], fixed[i], wrong[i]["category"], trigger), "reflective",
                          wrong[i]["checkpoint"], corrector.name, wrong[i]["kinds"], wrong[i]["sample"]) for i in keep]
     chosen = rng.sample(sorted(plain), min(len(plain), round(plain_ratio * len(keep))))
     out += [ReflectRecord(r["split"], i, r["uid"], r["category"], reasoning_of(r["text"]) + " " + SEG_SENTENCE, "plain",
                           r["checkpoint"], "", [], r["sample"]) for i in chosen for r in [plain[i]]]
+    n_cot = max(0, min(len(cot_rows), round(plain_ratio * len(keep)) - len(chosen)))
+    out += [ReflectRecord(r["split"], i, r["uid"], r["category"], reasoning_of(right_paths[i]) + " " + SEG_SENTENCE, "plain",
+                          r["checkpoint"], "", r["kinds"], r["sample"], origin="cot")
+            for i in sorted(rng.sample(sorted(cot_rows), n_cot)) for r in [wrong[i]]]
     return sorted(out, key=lambda r: r.index)
 
 # %% ../nbs/12b_reflect.ipynb #r12recio
@@ -363,11 +376,26 @@ def make_corrector(cfg: AuroraConfig, model=None) -> Corrector:
         return OracleCorrector(read_annotations(root), cfg.seed, cfg.data.cot_style)
     return ModelCorrector.from_model(from_pretrained(model_dir(name)), name)
 
+def stage1_paths(cfg: AuroraConfig, init: str | Path | None = None,  # the stage-1 run folder
+                 cot_file: str | Path | None = None,  # the CoT JSONL stage 1 trained on, when it was given to it
+                ) -> dict[int, str] | None:
+    "The right reasoning stage 1 trained on, by training-split position: `cot_file`, else `init/cot.jsonl`, else a synthetic benchmark's oracle; None if none."
+    split, root = cfg.data.train_split, resolve_path(cfg.data.root)
+    for f in (cot_file, init and Path(init) / COT_FILE):
+        if f and Path(f).is_file(): return load_cot(f, split)
+    if cot_file: raise FileNotFoundError(f"{cot_file}: no such CoT file")
+    if (root / "annotations.json").is_file(): return {r.index: r.text for r in oracle_records(root, split, style=cfg.data.cot_style)}
+    return None
+
 def reflective_data_file(cfg: AuroraConfig, init: str | Path, out_dir: str | Path, progress: bool = True,
-                         limit: int | None = None) -> Path:
+                         limit: int | None = None,
+                         cot_file: str | Path | None = None,  # stage 1's CoT JSONL (`stage1_paths`): plain paths when the model has too few right answers
+                        ) -> Path:
     "Build (or find) `out_dir/reflect.jsonl` from the stage-1 model `init`: judge its answers on train, correct, splice, mix."
     out, st = Path(out_dir), cfg.stages.reflect
     if (out / REFLECT_FILE).is_file(): return out / REFLECT_FILE
+    right = stage1_paths(cfg, init, cot_file)
+    if right is None: print(f"  no stage-1 CoT found (give cot_file): plain paths come from the model's own right answers only")
     model = from_pretrained(model_dir(init))
     judged = find_wrong_paths(model, cfg, cfg.data.train_split, out / JUDGED_FILE, limit=limit, checkpoint=str(init), progress=progress)
     root = resolve_path(cfg.data.root)
@@ -375,18 +403,21 @@ def reflective_data_file(cfg: AuroraConfig, init: str | Path, out_dir: str | Pat
     ann = read_annotations(root) if (root / "annotations.json").is_file() else None
     recs = build_reflective_data(judged, make_corrector(cfg, model), items=ds.__getitem__,
                                  rows=(lambda r: ann["rows"][ds.samples[r["index"]].row]) if ann else None,
-                                 reflective_fraction=st.reflective_fraction, plain_ratio=st.plain_ratio, seed=cfg.seed, trigger=st.trigger)
+                                 reflective_fraction=st.reflective_fraction, plain_ratio=st.plain_ratio, seed=cfg.seed, trigger=st.trigger,
+                                 right_paths=right)
     return write_reflect_jsonl(out / REFLECT_FILE, recs)
 
 # %% ../nbs/12b_reflect.ipynb #r12main
 def train_reflect(cfg: AuroraConfig, out_dir: str | Path, init: str | Path,  # the stage-1 run (or model folder)
                   teacher: str | Path | None = None,  # the stage-0 run (distillation targets)
                   data_file: str | Path | None = None,  # reflective data (`write_reflect_jsonl`); default: built in out_dir
-                  progress: bool = True, **kwargs):
+                  progress: bool = True,
+                  cot_file: str | Path | None = None,  # stage 1's CoT JSONL, when the data is built (see `reflective_data_file`)
+                  **kwargs):
     "Stage 2 into `out_dir`: build the reflective data when no file is given, then the SFT trainer on it; resumes."
     if init is None: raise ValueError("stage reflect starts from the stage-1 model: give its run folder (--init DIR)")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    path = Path(data_file) if data_file else reflective_data_file(cfg, init, out, progress)
+    path = Path(data_file) if data_file else reflective_data_file(cfg, init, out, progress, cot_file=cot_file)
     base = RefAVSDataset(resolve_path(cfg.data.root), cfg.data.train_split)
     cot = reflect_cot(read_reflect_jsonl(path), base.split)
     if any(not 0 <= i < len(base) for i in cot): raise ValueError(f"{path}: positions outside the {len(base)} {base.split} rows")

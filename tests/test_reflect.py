@@ -12,8 +12,8 @@ from aurora_nb.config import get_config
 from aurora_nb.cot import SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, oracle_cot, parse_answer
 from aurora_nb.data import RefAVSDataset
 from aurora_nb.model import build_model, save_pretrained
-from aurora_nb.reflect import (JUDGED_FILE, REFLECT_FILE, TRIGGER, Case, ModelCorrector, OracleCorrector, find_wrong_paths, judge,
-                               reasoning_of, splice_reflective, split_steps, train_main)
+from aurora_nb.reflect import (JUDGED_FILE, REFLECT_FILE, TRIGGER, Case, ModelCorrector, OracleCorrector, build_reflective_data,
+                               find_wrong_paths, judge, reasoning_of, splice_reflective, split_steps, stage1_paths, train_main)
 from aurora_nb.sft import AuroraSFTTrainer
 from aurora_nb.synth import make_synthetic_refavs, read_annotations
 
@@ -107,6 +107,35 @@ def test_find_wrong_paths_resumes(tiny, tmp_path):
         find_wrong_paths(tiny, split="train", out_path=out, k=1, limit=3, checkpoint="c2", progress=False)
 
 
+def _judged(n_rows, right_rows):
+    "Judged greedy answers of the first `n_rows` train rows: right on `right_rows`, wrong class elsewhere."
+    samples, out = RefAVSDataset(ROOT, "train").samples, []
+    for i in range(n_rows):
+        row = ANN["rows"][samples[i].row]; good = oracle_cot(ANN, row["row"]) + " " + SEG_SENTENCE
+        text = good if i in right_rows else good.replace(f"The target is {row['category']}.", f"The target is {_other(row)}.")
+        j = judge(text, row, 0.9, ANN)
+        out.append(dict(split="train", index=i, uid=row["uid"], category=j.category, sample=0, text=text, iou=0.9, target=j.target,
+                        kinds=list(j.kinds), false_steps=j.false_steps, checkpoint="c"))
+    return out, lambda r: ANN["rows"][samples[r["index"]].row]
+
+
+@pytest.mark.parametrize("n_right,want", [(0, (5, 0, 5)), (3, (5, 3, 2)), (8, (2, 2, 0))])
+def test_plain_paths_are_topped_up_from_the_stage1_cot(n_right, want):
+    judged, rows = _judged(10, set(range(10 - n_right, 10)))
+    right = stage1_paths(get_config("tiny", [f"data.root={ROOT}"]))
+    assert set(right) == set(range(len(RefAVSDataset(ROOT, "train"))))
+    oc = OracleCorrector(ANN, style="terse")
+    recs = build_reflective_data(judged, oc, rows=rows, right_paths=right)
+    got = [sum(r.kind == k and r.origin == o for r in recs) for k, o in (("reflective", "model"), ("plain", "model"), ("plain", "cot"))]
+    assert tuple(got) == want
+    assert len({r.index for r in recs}) == len(recs) and all(parse_answer(r.answer).target == r.category for r in recs)
+    for r in recs:
+        if r.origin == "cot": assert r.answer == reasoning_of(right[r.index]) + " " + SEG_SENTENCE and r.errors
+    alone = build_reflective_data(judged, oc, rows=rows)  # no stage-1 CoT: the model's own right answers only
+    assert sum(r.kind == "reflective" for r in alone) == 10 - n_right and not any(r.origin == "cot" for r in alone)
+    if n_right >= 5: assert [(r.index, r.kind, r.answer) for r in recs] == [(r.index, r.kind, r.answer) for r in alone]
+
+
 class _Kill(Exception): pass
 
 
@@ -130,6 +159,7 @@ def test_stage_reflect_cli_builds_data_and_resumes(tmp_path, monkeypatch):
     data = [json.loads(l) for l in (tmp_path / "run" / REFLECT_FILE).read_text().splitlines()]
     assert data and all(d["kind"] in ("reflective", "plain") and parse_answer(d["answer"]).target == d["category"] for d in data)
     assert any(d["kind"] == "reflective" and d["corrector"] == "oracle" and d["errors"] for d in data)
+    assert any(d["origin"] == "cot" for d in data)  # an untrained model is always wrong: stage 1's CoT keeps the mix
     judged = (tmp_path / "run" / JUDGED_FILE).stat().st_mtime_ns
     calls.clear(); kill = False
     assert train_main(args) == 0

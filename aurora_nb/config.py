@@ -307,14 +307,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.sam_image_size": 128,
         "model.trainable": "all",
         "model.freeze_sam_encoder": False,
-        "model.max_length": 1536,  # a reflective answer holds a wrong path of up to 256 tokens and the corrected one
+        "model.max_length": 1536,  # prompt + a reflective answer: a wrong path of up to eval.max_new_tokens and the corrected one
         **{f"stages.{s}.{k}": v for s in ("teacher", "sft", "reflect")
            for k, v in {"lr": 1e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1,
                         "save_steps": 30, "logging_steps": 5}.items()},
         "stages.teacher.max_steps": 300,  # at 100 steps stage 0 still stops after "It is" and never writes [SEG]
         "stages.teacher.save_steps": 100,
-        "stages.sft.max_steps": 400,  # the CoT's format takes ~300 steps to learn; 60 steps stop after "Images."
-        "stages.sft.save_steps": 100,
+        "stages.sft.max_steps": 800,  # 60 steps stop after "Images."; 400 write the form but loop (12 % well-formed), 800: 70 %
+        "stages.sft.save_steps": 200,
         "stages.reflect.max_steps": 200,
         "stages.reflect.save_steps": 100,
         "stages.grpo.lr": 1e-4,
@@ -322,10 +322,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stages.grpo.warmup_steps": 2,
         "stages.grpo.max_steps": 10,
         "stages.grpo.grad_accum": 1,
-        "stages.grpo.max_new_tokens": 256,  # the terse CoT is at most ~220 tokens
+        "stages.grpo.max_new_tokens": 512,  # a reflective answer (a wrong path, the trigger, a terse CoT of ~130-220) fits
         "stages.grpo.save_steps": 5,
         "stages.grpo.logging_steps": 1,
-        "eval.max_new_tokens": 256,
+        "eval.max_new_tokens": 512,  # room for a reflective answer (as stages.grpo.max_new_tokens)
         "eval.limit": 16,
         "eval.ablations": ["bare"],  # stage 0 without the class word, next to the stages in the demo's report
     },

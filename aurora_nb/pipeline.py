@@ -142,7 +142,7 @@ def _train_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
     init = ctx.get("last_model")
     if stage == "teacher": fn(cfg, "teacher", out, progress=ctx["progress"])
     elif stage == "sft": fn(cfg, "sft", out, teacher=ctx["out"] / "teacher", data_file=ctx["cot"], progress=ctx["progress"])
-    elif stage == "reflect": fn(cfg, out, init=init, teacher=ctx["out"] / "teacher", progress=ctx["progress"])
+    elif stage == "reflect": fn(cfg, out, init=init, teacher=ctx["out"] / "teacher", progress=ctx["progress"], cot_file=ctx["cot"])
     else:
         from aurora_nb.grpo import grpo_config
         fn(grpo_config(init, config=ctx["out"] / "config.yaml"), init, out, progress=ctx["progress"])

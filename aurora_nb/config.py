@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 # %% auto #0
-__all__ = ['PRESETS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'TeacherStage', 'ReflectStage',
-           'GRPOStage', 'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict',
+__all__ = ['PRESETS', 'PATH_KEYS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'TeacherStage',
+           'ReflectStage', 'GRPOStage', 'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict',
            'config_to_dict', 'apply_overrides', 'get_config', 'resolve_path', 'checkout_root', 'display_path',
            'save_config', 'load_config', 'config_hash', 'config_diff']
 
@@ -391,7 +391,14 @@ def _flat_values(cfg, prefix: str = "") -> dict[str, Any]:
         else: out[prefix + f.name] = v
     return out
 
+PATH_KEYS = ("data.root", "model.tokenizer", "output_dir")  # values that name a folder: compared by the folder they name
+
+def _same_place(a: Any, b: Any) -> bool:
+    "Whether two non-empty path strings name the same folder (say one absolute, one relative to here or to the checkout)."
+    if not (isinstance(a, str) and isinstance(b, str) and a and b): return False
+    return resolve_path(a).resolve() == resolve_path(b).resolve()
+
 def config_diff(a: AuroraConfig, b: AuroraConfig) -> dict[str, tuple]:
-    "Dotted keys whose values differ between `a` and `b`, with the pair of values."
+    "Dotted keys whose values differ between `a` and `b`, with the pair of values; a folder written two ways is no difference."
     fa, fb = _flat_values(a), _flat_values(b)
-    return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}
+    return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k] and not (k in PATH_KEYS and _same_place(fa[k], fb[k]))}

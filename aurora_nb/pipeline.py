@@ -204,7 +204,7 @@ DONE_DIR, REPORT_MD, REPORT_HTML, RESULTS_FILE, FIG_DIR = "done", "report.md", "
 
 def prepare_config(cfg: AuroraConfig, out_dir: str | Path) -> AuroraConfig:
     "The run's config with `data.root` pointing at the benchmark it uses, saved as `OUT/config.yaml` (another run's folder is refused)."
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(benchmark_root(cfg))))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=display_path(benchmark_root(cfg))))  # one spelling, before and after the data step makes it
     path = Path(out_dir) / "config.yaml"
     if path.is_file():
         diff = config_diff(load_config(path), cfg)

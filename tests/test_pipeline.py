@@ -11,7 +11,7 @@ import pytest
 
 from aurora_nb.config import config_diff, get_config, load_config
 from aurora_nb.data import RefAVSDataset
-from aurora_nb.pipeline import ABLATIONS, ablation_config
+from aurora_nb.pipeline import ABLATIONS, ablation_config, prepare_config
 from aurora_nb.sft import SFTDataset
 from aurora_nb.synth import CATEGORIES
 
@@ -72,6 +72,22 @@ def test_run_killed_after_stage_1_resumes_and_writes_every_artifact(tmp_path):
     effect = res["ablation_effect"]["stage 0 minus the bare ablation"]
     assert effect["Mix J&F"] == pytest.approx(res["table"]["stage 0: teacher"]["Mix J&F"] - res["table"][BARE]["Mix J&F"])
     assert "## What stage 0's answer form adds" in report and (out / "figures" / "cues.png").is_file()
+
+
+def test_a_run_that_generated_its_benchmark_resumes(tmp_path, monkeypatch):
+    # the first invocation saves its config before the data step makes the benchmark; the next one finds it made
+    monkeypatch.chdir(ROOT)
+    cfg, name = get_config("tiny", ["data.synth_videos=3", "seed=987651"]), "data/synth-3v-seed987651"
+    root, out = ROOT / name, tmp_path / "run"
+    assert not root.exists()
+    out.mkdir()
+    first = prepare_config(cfg, out)
+    assert first.data.root == load_config(out / "config.yaml").data.root == name  # the same text in every clone
+    root.mkdir()
+    try: assert config_diff(first, prepare_config(cfg, out)) == {}
+    finally: root.rmdir()
+    older = get_config("tiny", ["data.synth_videos=3", "seed=987651", f"data.root={root}"])  # saved absolute by an older run
+    assert config_diff(older, first) == {} and "data.root" in config_diff(older, get_config("tiny", ["data.synth_videos=3", "seed=987651"]))
 
 
 def test_stage_0_names_the_class_and_the_bare_ablation_does_not():

@@ -395,7 +395,8 @@ def reflective_data_file(cfg: AuroraConfig, init: str | Path, out_dir: str | Pat
     out, st = Path(out_dir), cfg.stages.reflect
     if (out / REFLECT_FILE).is_file(): return out / REFLECT_FILE
     right = stage1_paths(cfg, init, cot_file)
-    if right is None: print(f"  no stage-1 CoT found (give cot_file): plain paths come from the model's own right answers only")
+    if right is None: print(f"  no stage-1 CoT (none given, no {Path(init) / COT_FILE}, no synthetic annotations): "
+                            "plain paths come from the model's own right answers only")
     model = from_pretrained(model_dir(init))
     judged = find_wrong_paths(model, cfg, cfg.data.train_split, out / JUDGED_FILE, limit=limit, checkpoint=str(init), progress=progress)
     root = resolve_path(cfg.data.root)

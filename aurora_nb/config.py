@@ -114,6 +114,7 @@ class TeacherStage(SFTStage):
 @dataclass
 class ReflectStage(SFTStage):
     "Stage 2: corrective reflective-style SFT."
+    max_cot_chars: int = 4200  # a reflective answer is a wrong path (< 2000) + the trigger + a corrected one (< 2000): stage 2's own limit
     trigger: str = "Wait, let me reconsider"  # joins the wrong path and the corrected one
     corrector: str = "oracle"  # who corrects wrong paths: "oracle" (synthetic annotations) or a model id
     reflective_fraction: float = 1.0  # share of wrong stage-1 paths turned into reflective samples (paper: unknown)

@@ -6,7 +6,7 @@
 # It records the machine (nvidia-smi, torch and CUDA versions), then runs `aurora-nb bench --gpu-check` for the 3B
 # thinker (fits a 24 GB card) and, when the card has 40 GB or more, the 7B thinker, each with SAM ViT-H, LoRA, bf16 and
 # gradient checkpointing, and once more without checkpointing. Each run writes its JSON (peak memory and step times
-# next to the memory plan) into OUT_DIR; the scale chapter (nbs/14_scale.ipynb) explains the numbers.
+# next to the memory plan) into OUT_DIR; the scale chapter (nbs/15_scale.ipynb) explains the numbers.
 set -euo pipefail
 OUT=${1:-runs/gpu-check}
 mkdir -p "$OUT"

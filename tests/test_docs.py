@@ -59,7 +59,7 @@ def test_a_missing_anchor_fails_the_check(tmp_path):
 
 def test_pages_are_named_as_nbdev_names_them(tmp_path):
     assert check_docs.page_name(ROOT / "nbs" / "00_config.ipynb") == "config.html"
-    assert check_docs.page_name(ROOT / "nbs" / "13a_cli.ipynb") == "cli.html"
+    assert check_docs.page_name(ROOT / "nbs" / "14_cli.ipynb") == "cli.html"
     assert check_docs.page_name(ROOT / "nbs" / "index.ipynb") == "index.html"
     nb = {"cells": [{"cell_type": "raw", "metadata": {}, "source": ["---\n", "output-file: own.html\n", "---"]}],
           "metadata": {}, "nbformat": 4, "nbformat_minor": 5}

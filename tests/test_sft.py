@@ -1,6 +1,8 @@
 """The SFT trainer: label masking, exact token-level CE under accumulation, distillation gradients, the teacher-target
-store, kill-and-resume equality, the command line and a two-process run."""
+store, the teacher on the run's device, over-long rows counted by kind under each stage's limit, kill-and-resume
+equality, the command line and a two-process run."""
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -11,13 +13,15 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+import aurora_nb.model
+import aurora_nb.sft
 from aurora_nb.config import get_config
 from aurora_nb.cot import build_messages, cot_answer, teacher_answer
 from aurora_nb.data import RefAVSDataset
 from aurora_nb.losses import loss_weights
-from aurora_nb.model import AuroraCollator, build_model, from_pretrained
-from aurora_nb.sft import (MODEL_DIR, LOG_DIR, AuroraSFTTrainer, SFTCollator, SFTDataset, load_teacher_store, teacher_store,
-                           train_main, train_stage, training_args)
+from aurora_nb.model import AuroraCollator, build_model, from_pretrained, save_pretrained
+from aurora_nb.sft import (DATA_SUMMARY, MODEL_DIR, LOG_DIR, OTHER_STAGE_HANDLERS, AuroraSFTTrainer, SFTCollator, SFTDataset,
+                           live_targets, load_teacher_store, teacher_store, teacher_targets, train_main, train_stage, training_args)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -123,6 +127,68 @@ def test_teacher_store_equals_a_live_teacher_and_refuses_another_teacher(tmp_pat
         load_teacher_store(tmp_path / "t.safetensors", rows=len(val) + 1)
 
 
+class Placed(Exception):
+    "Raised instead of choosing a device: proves that a loader went through `place`."
+
+
+def _placed(device=None): raise Placed(device)
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["stored", "live"])
+def test_the_teacher_is_placed_on_the_run_device(tmp_path, monkeypatch, live):
+    "Both teacher paths (targets stored before stage 1, or a live teacher) load it with the device rule, not on the CPU."
+    save_pretrained(build_model(get_config("tiny", {"seed": 3})), tmp_path / "teacher" / MODEL_DIR)
+    monkeypatch.setattr(aurora_nb.model, "run_device", _placed)
+    cfg = get_config("tiny", {"stages.sft.max_steps": 1, "stages.sft.batch_size": 1})
+    with pytest.raises(Placed):
+        train_stage(cfg, "sft", tmp_path / "sft", teacher=tmp_path / "teacher", progress=False, live_teacher=live)
+
+
+def test_teacher_inputs_go_where_the_teacher_runs(monkeypatch, base):
+    "The stored and the live targets move their batch to `model_device(teacher)` before the forward."
+    teacher, asked = build_model(get_config("tiny")), []
+    monkeypatch.setattr(aurora_nb.sft, "model_device", lambda m: asked.append(m) or torch.device("cpu"))
+    teacher_targets(teacher, [base[0]])
+    batch = SFTCollator(AuroraCollator(teacher.processor, teacher.config, build_messages=build_messages), live_teacher=True)(
+        _items(base, [teacher_answer("x")]))
+    live_targets(teacher, batch["teacher_inputs"])
+    assert len(asked) == 2 and all(m is teacher for m in asked)
+
+
+PATH = "Images: a red drum moves left. Audio: a bell rings at 2 s. Reference: the first to sound. Answer: The target is drum."
+
+
+def test_over_long_rows_are_counted_by_kind(base):
+    trig = get_config("tiny").stages.reflect.trigger
+    cot = {0: PATH, 1: f"{PATH} {trig}. {PATH}", 2: PATH * 20, 3: f"{PATH} {trig}. " + PATH * 20, 4: PATH * 2}
+    ds = SFTDataset(base, "reflect", cot, max_cot_chars=2000)
+    assert ds.positions == [0, 1, 4] and ds.no_reasoning == len(base) - 5
+    assert (ds.kept, ds.dropped) == ({"plain": 2, "reflective": 1}, {"plain": 1, "reflective": 1})
+    own = SFTDataset(base, "reflect", cot, max_cot_chars=2000, kinds={2: "reflective", 4: "corrected"})  # the rows' own kinds win
+    assert (own.kept, own.dropped) == ({"corrected": 1, "plain": 1, "reflective": 1}, {"reflective": 2})
+    assert (SFTDataset(base).kept, SFTDataset(base).dropped) == ({"direct": len(base)}, {})
+
+
+def test_each_stage_leaves_out_over_long_reasoning_by_its_own_limit_and_records_it(tmp_path, monkeypatch, base, capsys):
+    cfg = get_config("tiny", {"stages.sft.kd_weight": 0.0, "stages.reflect.kd_weight": 0.0})
+    reflective = " ".join([PATH] * 12) + f" {cfg.stages.reflect.trigger}. " + " ".join([PATH] * 12)  # ~3,000 characters
+    cot = {0: PATH, 1: reflective, 2: reflective + " " + reflective, 3: " ".join([PATH] * 30)}
+    assert cfg.stages.sft.max_cot_chars < len(cot[1]) < cfg.stages.reflect.max_cot_chars < len(cot[2])
+    assert len(cot[3]) < cfg.stages.reflect.max_cot_chars
+    monkeypatch.setattr(aurora_nb.sft, "finish_run", lambda trainer, *a: trainer)  # build everything, train nothing
+    runs = {st: train_stage(cfg, st, tmp_path / st, cot=cot, progress=False) for st in ("sft", "reflect")}
+    err = capsys.readouterr().err
+    summary = {st: json.loads((tmp_path / st / DATA_SUMMARY).read_text()) for st in runs}
+    assert runs["reflect"].train_dataset.positions == [0, 1, 3]  # stage 2 keeps the ~3,000-character reflective row
+    assert runs["sft"].train_dataset.positions == [0]  # stage 1's limit would drop it
+    assert {k: summary["reflect"][k] for k in ("rows", "kept", "too_long", "max_cot_chars", "no_reasoning")} == dict(
+        rows=3, kept={"plain": 2, "reflective": 1}, too_long={"reflective": 1}, max_cot_chars=4200, no_reasoning=len(base) - 4)
+    assert (summary["sft"]["kept"], summary["sft"]["too_long"], summary["sft"]["max_cot_chars"]) == (
+        {"plain": 1}, {"plain": 1, "reflective": 2}, 2000)
+    assert "stage reflect data: 3 train rows trained (plain 2, reflective 1); left out as too long (>= 4200 characters): reflective 1" in err
+    assert "(>= 2000 characters): plain 1, reflective 2" in err
+
+
 class _Kill(TrainerCallback):
     "Stop the run like a kill: raise after optimizer step `at` (before its checkpoint is written)."
     def __init__(self, at): self.at = at
@@ -155,9 +221,12 @@ def _ns(**kw):
     return argparse.Namespace(**{**d, **kw})
 
 
-def test_train_command_refuses_unbuilt_stages_and_a_missing_teacher(tmp_path, capsys):
+def test_train_command_sends_other_stages_to_their_handler_and_refuses_a_missing_teacher(tmp_path, capsys):
+    from aurora_nb.cli import TRAIN_HANDLERS
+    assert OTHER_STAGE_HANDLERS == {k: v.replace(":", ".") for k, v in TRAIN_HANDLERS.items()}  # the message names the real handlers
     assert train_main(_ns(stage="reflect", out=str(tmp_path / "r"))) == 2
-    assert "not built yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "aurora_nb.reflect.train_main" in err and "not built" not in err
     assert train_main(_ns(stage="sft", out=str(tmp_path / "s"))) == 2
     assert "--teacher" in capsys.readouterr().err
 

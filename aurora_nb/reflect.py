@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import re
@@ -15,27 +16,30 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 # %% auto #0
-__all__ = ['ERROR_KINDS', 'TRIGGER', 'CORRECTION_PROMPT', 'JUDGED_FILE', 'REFLECT_FILE', 'reasoning_of', 'split_steps',
-           'false_sentences', 'Judgement', 'judge', 'Case', 'Corrector', 'join_steps', 'OracleCorrector',
-           'ModelCorrector', 'splice_reflective', 'find_wrong_paths', 'ReflectRecord', 'build_reflective_data',
-           'write_reflect_jsonl', 'read_reflect_jsonl', 'reflect_cot', 'make_corrector', 'stage1_paths',
-           'reflective_data_file', 'train_reflect', 'train_main', 'self_correction', 'self_correction_table',
-           'diff_html']
+__all__ = ['ERROR_KINDS', 'TRIGGER', 'CORRECTION_VERSION', 'CORRECTION_PROMPT', 'TEACHER_CORRECTION_VERSION',
+           'TEACHER_CORRECTION_PROMPT', 'CORRECTIONS_FILE', 'JUDGED_FILE', 'REFLECT_FILE', 'reasoning_of', 'last_path',
+           'split_steps', 'false_sentences', 'Judgement', 'judge', 'Case', 'Corrector', 'join_steps', 'OracleCorrector',
+           'problems', 'correction_instruction', 'correction_line', 'read_corrections', 'ModelCorrector',
+           'ends_with_target', 'splice_reflective', 'find_wrong_paths', 'ReflectRecord', 'first_answers',
+           'correct_rows', 'choose_mix', 'build_reflective_data', 'write_reflect_jsonl', 'read_reflect_jsonl',
+           'reflect_cot', 'self_correction', 'self_correction_table', 'diff_html', 'make_corrector', 'stage1_paths',
+           'reflective_data_file', 'train_reflect', 'train_main']
 
 # %% ../nbs/11_reflect.ipynb #r12imp2
 import torch
 
 # %% ../nbs/11_reflect.ipynb #r12imp3
-from .config import AuroraConfig, ConfigError, get_config, resolve_path
-from .cot import (NULL_CLASS, SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, TARGET_SENTENCE, chat_builder,
-                           normalise_class, oracle_cot, oracle_records, parse_answer)
-from .cot import _motion, _sources, _when, _where  # the oracle's own fact phrasing: one source of truth
-from .data import RefAVSDataset
-from .model import from_pretrained, predict, weights_fingerprint
-from .rewards import iou_reward
-from .sft import COT_FILE, MODEL_DIR, load_cot, model_dir, train_stage
-from .sft import train_main as sft_train_main
-from .synth import PITCH_WORDS, RHYTHM_WORDS, TIMBRE_WORDS, read_annotations
+from aurora_nb.config import AuroraConfig, ConfigError, get_config, resolve_path
+from aurora_nb.cot import (NULL_CLASS, SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, TARGET_SENTENCE, TEACHER_STEPS, TeacherReply,
+                           chat_builder, judge_reply, load_teacher, normalise_class, oracle_cot, oracle_records, parse_answer,
+                           teacher_given, teacher_reasoning)
+from aurora_nb.cot import _motion, _sources, _when, _where  # the oracle's own fact phrasing: one source of truth
+from aurora_nb.data import RefAVSDataset
+from aurora_nb.model import CONFIG_FILE, from_pretrained, predict, weights_fingerprint
+from aurora_nb.rewards import iou_reward
+from aurora_nb.sft import COT_FILE, MODEL_DIR, load_cot, model_dir, train_stage
+from aurora_nb.sft import train_main as sft_train_main
+from aurora_nb.synth import PITCH_WORDS, RHYTHM_WORDS, TIMBRE_WORDS, read_annotations
 
 # %% ../nbs/11_reflect.ipynb #r12split
 ERROR_KINDS = ("format", "no_seg", "wrong_class", "low_iou", "false_step")  # what `judge` can find, in this order
@@ -46,6 +50,10 @@ _CONTRACT = re.compile(r"\s*\bIt is\s*\[SEG\]\s*\.?\s*$")
 def reasoning_of(answer: str) -> str:
     "The answer without its closing `It is [SEG].`, whitespace collapsed."
     return re.sub(r"\s+", " ", _CONTRACT.sub("", answer or "")).strip()
+
+def last_path(answer: str, trigger: str = TRIGGER) -> str:
+    "An answer's last reasoning path: the text after its last trigger, without the closing `It is [SEG].`"
+    return reasoning_of((answer or "").rsplit(trigger.rstrip(" ."), 1)[-1]).lstrip(" .,;:!?")  # the trigger's own full stop too
 
 def split_steps(text: str) -> dict[str, str]:
     "The body of each step of a reasoning, by step name; a missing step is absent, a repeated header ends its step."
@@ -155,7 +163,12 @@ class Case:
     wrong: str  # the model's answer
     row: dict  # sidecar row (synthetic) or the item's fields; `category` is the target class
     judgement: Judgement  # what `judge` found
-    item: dict | None = None  # the RefAVSDataset item (a model corrector reads its frames and audio)
+    item: dict | Callable[[], dict] | None = None  # the RefAVSDataset item, or a function that loads it (a model corrector reads its clip)
+    key: tuple | None = None  # (split, index, sample) of the judged answer: a model corrector's cache key
+
+    def clip(self) -> dict | None:
+        "The item, loaded now if it was given as a function."
+        return self.item() if callable(self.item) else self.item
 
 class Corrector:
     "Corrected reasonings for a batch of wrong answers (`None` where there is none); `name` goes into the data's provenance."
@@ -176,7 +189,7 @@ class OracleCorrector(Corrector):
 
     def correct(self, case: Case) -> str | None:
         "The corrected reasoning of one case."
-        mine, j = split_steps(reasoning_of(case.wrong.rsplit(TRIGGER.rstrip(" ."), 1)[-1])), case.judgement
+        mine, j = split_steps(last_path(case.wrong)), case.judgement
         truth = split_steps(oracle_cot(self.ann, case.row["row"], self.seed, self.style))
         redo = {s for s in STEPS if s not in mine or s in j.false_steps}
         if j.target != j.category or "format" in j.kinds: redo.add("answer")
@@ -186,53 +199,32 @@ class OracleCorrector(Corrector):
     def __call__(self, cases: Sequence[Case]) -> list[str | None]: return [self.correct(c) for c in cases]
 
 # %% ../nbs/11_reflect.ipynb #r12model
+CORRECTION_VERSION = "correction-v1"  # the aurora_nb corrector's prompt (below); bump when it changes
 CORRECTION_PROMPT = ("{expression}\nA first reasoning was: {wrong}\nIt is wrong: the target is {category}. Reason again step by step "
                      "(Images:, Audio:, Reference:, Answer:), correcting what is false, and end with 'The target is {category}.'")
+TEACHER_CORRECTION_VERSION = "teacher-correction-v1"  # the Hugging Face corrector's prompt (below); bump when it changes
+TEACHER_CORRECTION_PROMPT = ("\nThe reference is: {exp}\n{given}\nA first reasoning about this clip was:\n{wrong}\n"
+                             "It is wrong: {problems}\nWrite the reasoning again so that every sentence is true to the video "
+                             "and the audio: keep what is right and correct what is wrong. " + TEACHER_STEPS)
 
-class ModelCorrector(Corrector):
-    "Corrections written by a model, kept only when their last `The target is …` names the row's class."
-    def __init__(self, generate: Callable[[Sequence[Case]], list[str]],  # cases -> the model's texts
-                 name: str = "model"):  # the corrector's identity (a model id or folder) for the provenance
-        self.generate, self.name = generate, name
-        self.kept = self.dropped = 0  # running counts of the filter
+def problems(j: Judgement) -> str:
+    "What the judge found wrong with an answer, in words a corrector can act on."
+    out = []
+    if "wrong_class" in j.kinds:
+        out.append(f"it concludes that the target is {j.target}, but it is {j.category}" if j.target else
+                   f"it names no target, and the target is {j.category}")
+    out += [f"in its {step} step these sentences are false: " + " ".join(f'"{x}"' for x in xs) for step, xs in j.false_steps.items()]
+    if {"format", "no_seg"} & set(j.kinds): out.append("it does not keep to the four steps and the closing sentence")
+    if "low_iou" in j.kinds: out.append("its mask missed the object, so what it says about the target may be wrong")
+    return "; ".join(out) + "." if out else "its reasoning does not support the answer."
 
-    def __call__(self, cases: Sequence[Case]) -> list[str | None]:
-        out = []
-        for c, text in zip(cases, self.generate(cases)):
-            r = reasoning_of(text)
-            ok = bool(r) and parse_answer(r).target == normalise_class(c.row["category"])
-            out.append(r if ok else None)
-            self.kept += ok; self.dropped += not ok
-        return out
-
-    @classmethod
-    def from_model(cls, model, name: str | None = None,  # an AuroraModel (reads the items' frames and audio)
-                   max_new_tokens: int | None = None, **gen_kwargs) -> "ModelCorrector":
-        "A corrector that prompts `model` with each item's clip, the wrong reasoning and the right class."
-        def generate(cases):
-            items = [{**c.item, "expression": CORRECTION_PROMPT.format(expression=c.item["expression"], wrong=reasoning_of(c.wrong),
-                                                                      category=normalise_class(c.row["category"]))} for c in cases]
-            return [p.text for p in predict(model, items, max_new_tokens, build_messages=chat_builder(model.config), **gen_kwargs)]
-        return cls(generate, name or f"aurora:{weights_fingerprint(model)}")
-
-# %% ../nbs/11_reflect.ipynb #r12splice
-def _strip(text: str, trigger: str) -> str:
-    "A path without its `It is [SEG].` sentences, other [SEG] tokens and triggers, whitespace collapsed."
-    t = re.sub(r"\bIt is\s*\[SEG\]\s*\.?", " ", text or "")  # every contract sentence, not only the last
-    t = t.replace(SEG_TOKEN, " ").replace(trigger.rstrip(" ."), " ")
-    return re.sub(r"\s+", " ", re.sub(r"\s+([.,;:!?])", r"\1", t)).strip(" ")
-
-def splice_reflective(wrong: str,  # the model's own wrong answer
-                      corrected: str,  # the corrected reasoning (may end with `The target is <class>.` or `It is [SEG].`)
-                      category: str,  # the row's class
-                      trigger: str = TRIGGER,
-                     ) -> str:
-    "Wrong path, the trigger once, the corrected path, the target sentence and `It is [SEG].`: one reflective answer."
-    w, c, t = _strip(wrong, trigger), _strip(corrected, trigger), trigger.rstrip(" .") + "."
-    end = TARGET_SENTENCE.format(category=normalise_class(category))
-    if not c.endswith(end): c = f"{c} {end}".strip()
-    if w and w[-1] not in ".!?": w += "."
-    return " ".join(x for x in (w, t, c, SEG_SENTENCE) if x)
+def correction_instruction(case: Case,
+                           expression: str,  # the row's referring expression
+                           trigger: str = TRIGGER) -> str:
+    "A Hugging Face corrector's text after the clip: expression, true answer, the wrong path and what is wrong with it."
+    c = normalise_class(case.row["category"])
+    return TEACHER_CORRECTION_PROMPT.format(exp=expression.strip(), given=teacher_given(c), wrong=last_path(case.wrong, trigger),
+                                            problems=problems(case.judgement), category=c)
 
 # %% ../nbs/11_reflect.ipynb #r12find
 def _read_jsonl(path: Path) -> list[dict]:
@@ -249,9 +241,137 @@ def _append_jsonl(path: Path, records: Iterable[dict]) -> None:
     with path.open("a", encoding="utf-8") as f:
         for r in records: f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
+# %% ../nbs/11_reflect.ipynb #r12mcache
+CORRECTIONS_FILE = "corrections.jsonl"  # a model corrector's replies, kept or rejected (with the reason), in the stage folder
+
+def correction_line(case: Case, reply: TeacherReply | str,  # a reply (a text counts as a finished reply)
+                    name: str, prompt_version: str,  # the corrector and its prompt (the cache's provenance)
+                    require_steps: bool = True) -> dict:
+    "One reply as a cache line: the answer it corrects, its text, the filter's verdict and, when kept, the corrected reasoning."
+    r = reply if isinstance(reply, TeacherReply) else TeacherReply(str(reply or ""), True)
+    v = judge_reply(r, case.row["category"], require_steps)  # finished, a target sentence, the row's class, the four steps
+    return dict(key=list(case.key) if case.key is not None else None, category=normalise_class(case.row["category"]),
+                model_id=name, prompt_version=prompt_version, reason=v.reason, target=v.target, finished=r.finished,
+                text=r.text, reasoning=v.reasoning)
+
+def read_corrections(path: str | Path, name: str, prompt_version: str) -> dict[tuple, dict]:
+    "Answer key -> cache line of the replies already judged (a half-written last line dropped); another corrector's cache is refused."
+    lines = _read_jsonl(Path(path))
+    other = next((l for l in lines if (l["model_id"], l["prompt_version"]) != (name, prompt_version)), None)
+    if other: raise ValueError(f"{path}: holds corrections by {other['model_id']!r} ({other['prompt_version']}), not {name!r} "
+                               f"({prompt_version}); use another stage folder, or delete the file to start over")
+    return {tuple(l["key"]): l for l in lines}
+
+# %% ../nbs/11_reflect.ipynb #r12model2
+class ModelCorrector(Corrector):
+    "Corrections written by a model, filtered like the CoT teacher's replies (`judge_reply`), each reply cached with its verdict."
+    def __init__(self, generate: Callable[[Sequence[Case]], list],  # cases -> replies (`TeacherReply`s, or texts: finished replies)
+                 name: str = "model",  # the corrector's identity (a model id or folder), in the data's provenance
+                 prompt_version: str = "",  # the prompt that asked for the corrections
+                 cache: str | Path | None = None,  # JSONL of every reply and its verdict; a rerun asks only for answers not in it
+                 batch_size: int = 4,  # cases per `generate` call
+                 require_steps: bool = True):  # reject corrections without the four step headers
+        self.generate, self.name, self.prompt_version, self.batch_size = generate, name, prompt_version, max(1, int(batch_size))
+        self.cache, self.require_steps = (Path(cache) if cache else None), require_steps
+        self.verdicts = collections.Counter()  # per case answered: "kept" or its rejection reason
+
+    kept = property(lambda self: self.verdicts["kept"])
+    dropped = property(lambda self: sum(self.verdicts.values()) - self.verdicts["kept"])
+
+    def __call__(self, cases: Sequence[Case]) -> list[str | None]:
+        have = read_corrections(self.cache, self.name, self.prompt_version) if self.cache else {}
+        lines = [have.get(tuple(c.key)) if c.key is not None else None for c in cases]
+        todo = [n for n, l in enumerate(lines) if l is None]
+        for start in range(0, len(todo), self.batch_size):
+            part = todo[start:start + self.batch_size]
+            replies = list(self.generate([cases[n] for n in part]))
+            if len(replies) != len(part): raise ValueError(f"corrector {self.name}: {len(replies)} replies for {len(part)} cases")
+            new = [correction_line(cases[n], r, self.name, self.prompt_version, self.require_steps) for n, r in zip(part, replies)]
+            if self.cache: _append_jsonl(self.cache, [l for l in new if l["key"] is not None])
+            for n, l in zip(part, new): lines[n] = l
+        self.verdicts.update(l["reason"] or "kept" for l in lines)
+        return [l["reasoning"] for l in lines]
+
+    def summary(self) -> str:
+        "Kept and rejected corrections so far, by reason, in one line."
+        rej = ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items()) if k != "kept") or "none"
+        return f"corrector {self.name}{f' ({self.prompt_version})' if self.prompt_version else ''}: kept {self.kept}, rejected {self.dropped} ({rej})"
+
+# %% ../nbs/11_reflect.ipynb #r12mfrom
+def _from_model(cls, model,  # an aurora_nb `AuroraModel`, placed; it reads each clip through its own segmentation chat
+                name: str | None = None,  # default: the model's weights fingerprint
+                max_new_tokens: int | None = None,  # default: the model's eval.max_new_tokens
+                cache: str | Path | None = None, batch_size: int | None = None,  # default batch: the model's eval.batch_size
+                **gen_kwargs) -> ModelCorrector:
+    "A corrector that asks an aurora_nb model, with each clip, the wrong path and the right class (`CORRECTION_PROMPT`)."
+    def generate(cases):
+        items = [c.clip() for c in cases]
+        asks = [{**it, "expression": CORRECTION_PROMPT.format(expression=it["expression"], wrong=last_path(c.wrong),
+                                                             category=normalise_class(c.row["category"]))} for c, it in zip(cases, items)]
+        return [p.own_text for p in predict(model, asks, max_new_tokens, build_messages=chat_builder(model.config), **gen_kwargs)]
+    return cls(generate, name or f"aurora:{weights_fingerprint(model)}", CORRECTION_VERSION, cache,
+               batch_size or model.config.eval.batch_size)
+
+ModelCorrector.from_model = classmethod(_from_model)
+
+# %% ../nbs/11_reflect.ipynb #r12mteach
+def _from_teacher(cls, teacher,  # an `OmniTeacher` (`aurora_nb.cot.load_teacher`): anything with `.reply(items, instructions)` and `model_id`
+                  cache: str | Path | None = None, batch_size: int = 4, trigger: str = TRIGGER) -> ModelCorrector:
+    "A corrector that shows a Hugging Face omni model each clip and asks for a corrected path (`TEACHER_CORRECTION_PROMPT`)."
+    def generate(cases):
+        items = [c.clip() for c in cases]
+        return teacher.reply(items, [correction_instruction(c, it["expression"], trigger) for c, it in zip(cases, items)])
+    mc = cls(generate, teacher.model_id, TEACHER_CORRECTION_VERSION, cache, batch_size)
+    mc.teacher = teacher  # its settings (max_new_tokens, generate_kwargs) stay reachable
+    return mc
+
+ModelCorrector.from_teacher = classmethod(_from_teacher)
+
+# %% ../nbs/11_reflect.ipynb #r12splice
+def _strip(text: str, trigger: str) -> str:
+    "A path without its `It is [SEG].` sentences, other [SEG] tokens and triggers, whitespace collapsed."
+    t = re.sub(r"\bIt is\s*\[SEG\]\s*\.?", " ", text or "")  # every contract sentence, not only the last
+    t = t.replace(SEG_TOKEN, " ").replace(trigger.rstrip(" ."), " ")
+    return re.sub(r"\s+", " ", re.sub(r"\s+([.,;:!?])", r"\1", t)).strip(" ")
+
+def ends_with_target(path: str, category: str) -> bool:
+    "Whether the last sentence of `path` is `The target is …` naming `category`, in any surface form (article, quotes, case)."
+    body = teacher_reasoning(path)  # `path` up to the end of its last complete target sentence
+    return body is not None and body.rstrip(".!? ") == path.rstrip(".!? ") and parse_answer(body).target == normalise_class(category)
+
+def splice_reflective(wrong: str,  # the model's own wrong answer
+                      corrected: str,  # the corrected reasoning (may end with `The target is <class>.` or `It is [SEG].`)
+                      category: str,  # the row's class
+                      trigger: str = TRIGGER,
+                     ) -> str:
+    "Wrong path, the trigger once, the corrected path, its target sentence if missing, and `It is [SEG].`: one reflective answer."
+    w, c, t = _strip(wrong, trigger), _strip(corrected, trigger), trigger.rstrip(" .") + "."
+    if w and w[-1] not in ".!?": w += "."
+    if c and c[-1] not in ".!?": c += "."
+    if not ends_with_target(c, category): c = f"{c} {TARGET_SENTENCE.format(category=normalise_class(category))}".strip()
+    return " ".join(x for x in (w, t, c, SEG_SENTENCE) if x)
+
+# %% ../nbs/11_reflect.ipynb #r12find1
+def _judged_record(p, it: dict,  # a `Prediction` of the RefAVSDataset item `it`
+                   split: str, i: int, s: int,  # the item's split and position, the answer's sample number (0: greedy)
+                   ann: dict | None, st, checkpoint: str) -> dict:  # the sidecar (or None), `stages.reflect`, the model's identity
+    "One judged answer: its own words, mask IoU (σ > 0.5) and the judge's verdict."
+    iou = round(iou_reward(p.mask_logits, torch.as_tensor(it["masks"])), 4)
+    row = ann["rows"][it["row"]] if ann else it
+    j = judge(p.own_text, row, iou, ann, st.min_iou, st.trigger)  # its own words: a missing [SEG] is an error
+    return dict(split=split, index=i, uid=it["uid"], category=j.category, sample=s, text=p.own_text, iou=iou,
+                target=j.target, kinds=list(j.kinds), false_steps=j.false_steps, checkpoint=checkpoint)
+
+def _judged_so_far(out: Path, checkpoint: str) -> set[tuple[int, int]]:
+    "The (index, sample) pairs already judged in `out`, after checking that they are this checkpoint's."
+    have = _read_jsonl(out)
+    if have and have[0]["checkpoint"] != checkpoint:
+        raise ValueError(f"{out}: holds the answers of checkpoint {have[0]['checkpoint']!r}, this model is {checkpoint!r}; use another file")
+    return {(r["index"], r["sample"]) for r in have}
+
 # %% ../nbs/11_reflect.ipynb #r12find2
 @torch.no_grad()
-def find_wrong_paths(model,  # the stage-1 AuroraModel
+def find_wrong_paths(model,  # the stage-1 AuroraModel, on the device it runs on
                      cfg: AuroraConfig | None = None,  # default model.config (data.*, eval.batch_size, stages.reflect.*)
                      split: str = "train",
                      out_path: str | Path = "judged.jsonl",  # every judged answer, one JSON line each; resumed
@@ -270,10 +390,7 @@ def find_wrong_paths(model,  # the stage-1 AuroraModel
     root = resolve_path(cfg.data.root); out = Path(out_path)
     ds = RefAVSDataset(root, split, cfg.data.num_frames, cfg.data.sample_rate)
     ann = read_annotations(root) if (root / "annotations.json").is_file() else None
-    have = _read_jsonl(out)
-    if have and have[0]["checkpoint"] != checkpoint:
-        raise ValueError(f"{out}: holds the answers of checkpoint {have[0]['checkpoint']!r}, this model is {checkpoint!r}; use another file")
-    done = {(r["index"], r["sample"]) for r in have}
+    done = _judged_so_far(out, checkpoint)
     n, bs = len(ds) if limit is None else min(limit, len(ds)), cfg.eval.batch_size
     for start in tqdm(range(0, n, bs), disable=not progress, desc=f"judging {split}", unit="batch"):
         idx = [i for i in range(start, min(start + bs, n)) if any((i, s) not in done for s in range(k + 1))]
@@ -282,13 +399,8 @@ def find_wrong_paths(model,  # the stage-1 AuroraModel
         for s in range(k + 1):
             kw = {} if s == 0 else dict(do_sample=True, temperature=temperature)
             if s: torch.manual_seed(cfg.seed * 100_003 + start * 101 + s)  # a kill and a rerun draw the same samples
-            for i, it, p in zip(idx, items, predict(model, items, max_new_tokens, build_messages=chat_builder(model.config), **kw)):
-                if (i, s) in done: continue
-                iou = round(iou_reward(p.mask_logits, torch.as_tensor(it["masks"])), 4)
-                row = ann["rows"][it["row"]] if ann else it
-                j = judge(p.own_text, row, iou, ann, st.min_iou, st.trigger)  # its own words: a missing [SEG] is an error
-                recs.append(dict(split=split, index=i, uid=it["uid"], category=j.category, sample=s, text=p.own_text, iou=iou,
-                                 target=j.target, kinds=list(j.kinds), false_steps=j.false_steps, checkpoint=checkpoint))
+            preds = predict(model, items, max_new_tokens, build_messages=chat_builder(model.config), **kw)  # inputs to the model's device
+            recs += [_judged_record(p, it, split, i, s, ann, st, checkpoint) for i, it, p in zip(idx, items, preds) if (i, s) not in done]
         _append_jsonl(out, sorted(recs, key=lambda r: (r["index"], r["sample"])))
     return _read_jsonl(out)
 
@@ -308,6 +420,45 @@ class ReflectRecord:
     sample: int = 0  # which answer: 0 greedy, 1.. sampled
     origin: str = "model"  # where the text comes from: "model" (the checkpoint's answer) or "cot" (the stage-1 CoT, a plain path for a row the model got wrong)
 
+# %% ../nbs/11_reflect.ipynb #r12first
+def first_answers(judged: Sequence[dict],  # `find_wrong_paths` records
+                 ) -> tuple[dict[int, dict], dict[int, dict]]:
+    "Per row (split position): its first wrong answer, greedy first; and, for rows with no wrong answer, its first right one."
+    by = {}
+    for r in sorted(judged, key=lambda r: (r["index"], r["sample"])): by.setdefault(r["index"], []).append(r)
+    wrong = {i: next(r for r in rs if r["kinds"]) for i, rs in by.items() if any(r["kinds"] for r in rs)}
+    plain = {i: next(r for r in rs if not r["kinds"]) for i, rs in by.items() if i not in wrong}
+    return wrong, plain
+
+# %% ../nbs/11_reflect.ipynb #r12correct
+def correct_rows(wrong: Mapping[int, dict],  # row -> its wrong judged answer (`first_answers`)
+                 corrector: Corrector,
+                 items: Callable[[int], dict] | None = None,  # split position -> item (loaded only when a corrector asks for it)
+                 rows: Callable[[dict], dict] | None = None,  # judged record -> its row (sidecar row for the oracle)
+                ) -> dict[int, str]:
+    "Row -> corrected reasoning, for the wrong rows the corrector can fix."
+    cases = [Case(r["text"], rows(r) if rows else r, Judgement(tuple(r["kinds"]), r["target"], r["category"], r["iou"], r["false_steps"]),
+                  (lambda i=i: items(i)) if items else None, (r["split"], i, r["sample"])) for i, r in wrong.items()]
+    return {i: c for i, c in zip(wrong, corrector(cases)) if c is not None}
+
+# %% ../nbs/11_reflect.ipynb #r12choose
+def choose_mix(fixed: Mapping[int, str], plain: Mapping[int, dict],  # corrected wrong rows; rows with an own right answer
+               right_paths: Mapping[int, str] | None,  # row -> stage-1 CoT reasoning, or None
+               reflective_fraction: float, plain_ratio: float, rng: random.Random,
+              ) -> tuple[list[int], list[int], list[int]]:
+    "Rows that become reflective, right rows kept as plain paths, and wrong rows that take their stage-1 path instead."
+    keep = sorted(rng.sample(sorted(fixed), round(reflective_fraction * len(fixed))))
+    spare = [i for i in keep if right_paths is not None and i in right_paths]  # wrong rows that could take a stage-1 path
+    if spare and len(plain) < plain_ratio * len(keep):  # too few own right answers: split the wrong rows to keep the ratio
+        n_ref = max(len(keep) - len(spare), min(len(keep), round((len(keep) + len(plain)) / (1 + plain_ratio))))
+        cot_rows = set(rng.sample(spare, len(keep) - n_ref))
+        keep = [i for i in keep if i not in cot_rows]
+    else: cot_rows = set()
+    own = rng.sample(sorted(plain), min(len(plain), round(plain_ratio * len(keep))))
+    n_cot = max(0, min(len(cot_rows), round(plain_ratio * len(keep)) - len(own)))
+    return keep, own, sorted(rng.sample(sorted(cot_rows), n_cot))
+
+# %% ../nbs/11_reflect.ipynb #r12build
 def build_reflective_data(judged: Sequence[dict],  # `find_wrong_paths` records
                           corrector: Corrector,
                           items: Callable[[int], dict] | None = None,  # split position -> item (a model corrector reads it)
@@ -317,31 +468,15 @@ def build_reflective_data(judged: Sequence[dict],  # `find_wrong_paths` records
                           right_paths: Mapping[int, str] | None = None,  # split position -> the stage-1 CoT's reasoning: plain paths when the model's own right answers are too few
                          ) -> list[ReflectRecord]:
     "Reflective answers for the rows the model got wrong, mixed with right answers (its own first, then the stage-1 CoT's); one per row, in split order."
-    by = {}
-    for r in sorted(judged, key=lambda r: (r["index"], r["sample"])): by.setdefault(r["index"], []).append(r)
-    wrong = {i: next(r for r in rs if r["kinds"]) for i, rs in by.items() if any(r["kinds"] for r in rs)}
-    plain = {i: next(r for r in rs if not r["kinds"]) for i, rs in by.items() if i not in wrong}
-    cases = [Case(r["text"], rows(r) if rows else r, Judgement(tuple(r["kinds"]), r["target"], r["category"], r["iou"], r["false_steps"]),
-                  items(i) if items else None) for i, r in wrong.items()]
-    fixed = {i: c for i, c in zip(wrong, corrector(cases)) if c is not None}
-    rng = random.Random(seed)
-    keep = sorted(rng.sample(sorted(fixed), round(reflective_fraction * len(fixed))))
-    spare = [i for i in keep if right_paths is not None and i in right_paths]  # wrong rows that could take a stage-1 path
-    if spare and len(plain) < plain_ratio * len(keep):  # too few own right answers: split the wrong rows to keep the ratio
-        n_ref = max(len(keep) - len(spare), min(len(keep), round((len(keep) + len(plain)) / (1 + plain_ratio))))
-        cot_rows = set(rng.sample(spare, len(keep) - n_ref))
-        keep = [i for i in keep if i not in cot_rows]
-    else: cot_rows = set()
-    out = [ReflectRecord(wrong[i]["split"], i, wrong[i]["uid"], wrong[i]["category"],
-                         splice_reflective(wrong[i]["text"], fixed[i], wrong[i]["category"], trigger), "reflective",
-                         wrong[i]["checkpoint"], corrector.name, wrong[i]["kinds"], wrong[i]["sample"]) for i in keep]
-    chosen = rng.sample(sorted(plain), min(len(plain), round(plain_ratio * len(keep))))
-    out += [ReflectRecord(r["split"], i, r["uid"], r["category"], reasoning_of(r["text"]) + " " + SEG_SENTENCE, "plain",
-                          r["checkpoint"], "", [], r["sample"]) for i in chosen for r in [plain[i]]]
-    n_cot = max(0, min(len(cot_rows), round(plain_ratio * len(keep)) - len(chosen)))
-    out += [ReflectRecord(r["split"], i, r["uid"], r["category"], reasoning_of(right_paths[i]) + " " + SEG_SENTENCE, "plain",
-                          r["checkpoint"], "", r["kinds"], r["sample"], origin="cot")
-            for i in sorted(rng.sample(sorted(cot_rows), n_cot)) for r in [wrong[i]]]
+    wrong, plain = first_answers(judged)
+    fixed = correct_rows(wrong, corrector, items, rows)
+    refl, own, cot = choose_mix(fixed, plain, right_paths, reflective_fraction, plain_ratio, random.Random(seed))
+    rec = lambda r, i, answer, kind, **kw: ReflectRecord(r["split"], i, r["uid"], r["category"], answer, kind, r["checkpoint"], **kw)
+    out = [rec(r, i, splice_reflective(r["text"], fixed[i], r["category"], trigger), "reflective", corrector=corrector.name,
+               errors=r["kinds"], sample=r["sample"]) for i in refl for r in [wrong[i]]]
+    out += [rec(r, i, reasoning_of(r["text"]) + " " + SEG_SENTENCE, "plain", sample=r["sample"]) for i in own for r in [plain[i]]]
+    out += [rec(r, i, reasoning_of(right_paths[i]) + " " + SEG_SENTENCE, "plain", errors=r["kinds"], sample=r["sample"], origin="cot")
+            for i in cot for r in [wrong[i]]]
     return sorted(out, key=lambda r: r.index)
 
 # %% ../nbs/11_reflect.ipynb #r12recio
@@ -363,79 +498,6 @@ def reflect_cot(records: Sequence[ReflectRecord], split: str = "train") -> dict[
     out = {r.index: reasoning_of(r.answer) for r in records if r.split == split}
     if not out: raise ValueError(f"no reflective data for split {split!r}")
     return out
-
-# %% ../nbs/11_reflect.ipynb #r12train
-JUDGED_FILE, REFLECT_FILE = "judged.jsonl", "reflect.jsonl"
-
-def make_corrector(cfg: AuroraConfig, model=None) -> Corrector:
-    "The corrector `stages.reflect.corrector` names: `oracle` (a synthetic benchmark's sidecar) or a model folder."
-    name, root = cfg.stages.reflect.corrector, resolve_path(cfg.data.root)
-    if name == "oracle":
-        if not (root / "annotations.json").is_file():
-            raise FileNotFoundError(f"{root}: no annotations.json, so no oracle corrector; set stages.reflect.corrector to a model folder")
-        return OracleCorrector(read_annotations(root), cfg.seed, cfg.data.cot_style)
-    return ModelCorrector.from_model(from_pretrained(model_dir(name)), name)
-
-def stage1_paths(cfg: AuroraConfig, init: str | Path | None = None,  # the stage-1 run folder
-                 cot_file: str | Path | None = None,  # the CoT JSONL stage 1 trained on, when it was given to it
-                ) -> dict[int, str] | None:
-    "The right reasoning stage 1 trained on, by training-split position: `cot_file`, else `init/cot.jsonl`, else a synthetic benchmark's oracle; None if none."
-    split, root = cfg.data.train_split, resolve_path(cfg.data.root)
-    for f in (cot_file, init and Path(init) / COT_FILE):
-        if f and Path(f).is_file(): return load_cot(f, split)
-    if cot_file: raise FileNotFoundError(f"{cot_file}: no such CoT file")
-    if (root / "annotations.json").is_file(): return {r.index: r.text for r in oracle_records(root, split, style=cfg.data.cot_style)}
-    return None
-
-def reflective_data_file(cfg: AuroraConfig, init: str | Path, out_dir: str | Path, progress: bool = True,
-                         limit: int | None = None,
-                         cot_file: str | Path | None = None,  # stage 1's CoT JSONL (`stage1_paths`): plain paths when the model has too few right answers
-                        ) -> Path:
-    "Build (or find) `out_dir/reflect.jsonl` from the stage-1 model `init`: judge its answers on train, correct, splice, mix."
-    out, st = Path(out_dir), cfg.stages.reflect
-    if (out / REFLECT_FILE).is_file(): return out / REFLECT_FILE
-    right = stage1_paths(cfg, init, cot_file)
-    if right is None: print(f"  no stage-1 CoT (none given, no {Path(init) / COT_FILE}, no synthetic annotations): "
-                            "plain paths come from the model's own right answers only")
-    model = from_pretrained(model_dir(init))
-    judged = find_wrong_paths(model, cfg, cfg.data.train_split, out / JUDGED_FILE, limit=limit, checkpoint=str(init), progress=progress)
-    root = resolve_path(cfg.data.root)
-    ds = RefAVSDataset(root, cfg.data.train_split, cfg.data.num_frames, cfg.data.sample_rate)
-    ann = read_annotations(root) if (root / "annotations.json").is_file() else None
-    recs = build_reflective_data(judged, make_corrector(cfg, model), items=ds.__getitem__,
-                                 rows=(lambda r: ann["rows"][ds.samples[r["index"]].row]) if ann else None,
-                                 reflective_fraction=st.reflective_fraction, plain_ratio=st.plain_ratio, seed=cfg.seed, trigger=st.trigger,
-                                 right_paths=right)
-    return write_reflect_jsonl(out / REFLECT_FILE, recs)
-
-# %% ../nbs/11_reflect.ipynb #r12main
-def train_reflect(cfg: AuroraConfig, out_dir: str | Path, init: str | Path,  # the stage-1 run (or model folder)
-                  teacher: str | Path | None = None,  # the stage-0 run (distillation targets)
-                  data_file: str | Path | None = None,  # reflective data (`write_reflect_jsonl`); default: built in out_dir
-                  progress: bool = True,
-                  cot_file: str | Path | None = None,  # stage 1's CoT JSONL, when the data is built (see `reflective_data_file`)
-                  **kwargs):
-    "Stage 2 into `out_dir`: build the reflective data when no file is given, then the SFT trainer on it; resumes."
-    if init is None: raise ValueError("stage reflect starts from the stage-1 model: give its run folder (--init DIR)")
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    path = Path(data_file) if data_file else reflective_data_file(cfg, init, out, progress, cot_file=cot_file)
-    base = RefAVSDataset(resolve_path(cfg.data.root), cfg.data.train_split)
-    cot = reflect_cot(read_reflect_jsonl(path), base.split)
-    if any(not 0 <= i < len(base) for i in cot): raise ValueError(f"{path}: positions outside the {len(base)} {base.split} rows")
-    return train_stage(cfg, "reflect", out, init=init, teacher=teacher, cot=cot, progress=progress, **kwargs)
-
-def train_main(args: argparse.Namespace) -> int:
-    "`aurora-nb train`: stage reflect here; the other stages are handed to the SFT chapter's handler."
-    if args.stage != "reflect": return sft_train_main(args)
-    cfg = get_config(args.preset or "tiny", args.overrides, path=args.config)
-    try: tr = train_reflect(cfg, args.out, args.init, args.teacher, args.data_file, progress=not args.no_progress)
-    except ConfigError: raise
-    except (FileNotFoundError, ValueError) as e:
-        print(f"aurora-nb train: error: {e}", file=sys.stderr)
-        return 2
-    if tr.is_world_process_zero():
-        print(f"aurora-nb train: stage reflect at step {tr.state.global_step}; model in {Path(args.out) / MODEL_DIR}")
-    return 0
 
 # %% ../nbs/11_reflect.ipynb #r12ana
 def self_correction(records: Sequence[dict],  # evaluation records (`evaluate.read_predictions`): text, category
@@ -476,3 +538,95 @@ def diff_html(wrong: str, corrected: str,  # two texts, compared word by word
     cell = '<td style="vertical-align:top;text-align:left;width:50%">{}</td>'
     return ('<table style="width:100%;font-size:90%"><tr>' + "".join(f"<th>{t}</th>" for t in titles) + "</tr><tr>"
             + cell.format(" ".join(left)) + cell.format(" ".join(right)) + "</tr></table>")
+
+# %% ../nbs/11_reflect.ipynb #r12train
+JUDGED_FILE, REFLECT_FILE = "judged.jsonl", "reflect.jsonl"
+
+def make_corrector(cfg: AuroraConfig,  # reads stages.reflect.corrector, data.*, eval.max_new_tokens
+                   out_dir: str | Path | None = None,  # the stage folder: a model corrector caches its replies there (CORRECTIONS_FILE)
+                   device: str | None = "auto",  # where a model corrector runs (see `run_device`)
+                  ) -> Corrector:
+    "The corrector `stages.reflect.corrector` names: `oracle`, an aurora_nb model (run) folder, or a Hugging Face omni model id or folder."
+    name, root = cfg.stages.reflect.corrector, resolve_path(cfg.data.root)
+    cache = Path(out_dir) / CORRECTIONS_FILE if out_dir is not None else None
+    if name == "oracle":
+        if not (root / "annotations.json").is_file():
+            raise FileNotFoundError(f"{root}: no annotations.json, so no oracle corrector; set stages.reflect.corrector to a model "
+                                    "(an aurora_nb model folder, or a Hugging Face omni model id or checkpoint folder)")
+        return OracleCorrector(read_annotations(root), cfg.seed, cfg.data.cot_style)
+    if (model_dir(name) / CONFIG_FILE).is_file():  # an aurora_nb model: asked through its own segmentation chat
+        return ModelCorrector.from_model(from_pretrained(model_dir(name), device=device), name, cache=cache)
+    teacher = load_teacher(name, config=cfg, device=device, max_new_tokens=cfg.eval.max_new_tokens)  # the run's input settings
+    return ModelCorrector.from_teacher(teacher, cache=cache, batch_size=cfg.eval.batch_size, trigger=cfg.stages.reflect.trigger)
+
+# %% ../nbs/11_reflect.ipynb #r12paths
+def stage1_paths(cfg: AuroraConfig, init: str | Path | None = None,  # the stage-1 run folder
+                 cot_file: str | Path | None = None,  # the CoT JSONL stage 1 trained on, when it was given to it
+                ) -> dict[int, str] | None:
+    "The right reasoning stage 1 trained on, by training-split position: `cot_file`, else `init/cot.jsonl`, else a synthetic benchmark's oracle; None if none."
+    split, root = cfg.data.train_split, resolve_path(cfg.data.root)
+    for f in (cot_file, init and Path(init) / COT_FILE):
+        if f and Path(f).is_file(): return load_cot(f, split)
+    if cot_file: raise FileNotFoundError(f"{cot_file}: no such CoT file")
+    if (root / "annotations.json").is_file(): return {r.index: r.text for r in oracle_records(root, split, style=cfg.data.cot_style)}
+    return None
+
+# %% ../nbs/11_reflect.ipynb #r12datafile
+def reflective_data_file(cfg: AuroraConfig, init: str | Path, out_dir: str | Path, progress: bool = True,
+                         limit: int | None = None,
+                         cot_file: str | Path | None = None,  # stage 1's CoT JSONL (`stage1_paths`): plain paths when the model has too few right answers
+                         device: str | None = "auto",  # where the stage-1 model and a model corrector run (see `run_device`)
+                        ) -> Path:
+    "Build (or find) `out_dir/reflect.jsonl` from the stage-1 model `init`: judge its answers on train, correct, splice, mix."
+    out, st = Path(out_dir), cfg.stages.reflect
+    if (out / REFLECT_FILE).is_file(): return out / REFLECT_FILE
+    right = stage1_paths(cfg, init, cot_file)
+    if right is None: print(f"  no stage-1 CoT (none given, no {Path(init) / COT_FILE}, no synthetic annotations): "
+                            "plain paths come from the model's own right answers only")
+    model = from_pretrained(model_dir(init), device=device)  # the device rule: on the run's device, not left on the CPU
+    judged = find_wrong_paths(model, cfg, cfg.data.train_split, out / JUDGED_FILE, limit=limit, checkpoint=str(init), progress=progress)
+    del model  # a model corrector may be as large: free the memory first
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    root = resolve_path(cfg.data.root)
+    ds = RefAVSDataset(root, cfg.data.train_split, cfg.data.num_frames, cfg.data.sample_rate)
+    ann = read_annotations(root) if (root / "annotations.json").is_file() else None
+    corrector = make_corrector(cfg, out, device)
+    recs = build_reflective_data(judged, corrector, items=ds.__getitem__,
+                                 rows=(lambda r: ann["rows"][ds.samples[r["index"]].row]) if ann else None,
+                                 reflective_fraction=st.reflective_fraction, plain_ratio=st.plain_ratio, seed=cfg.seed, trigger=st.trigger,
+                                 right_paths=right)
+    if isinstance(corrector, ModelCorrector): print(f"  {corrector.summary()}; every reply in {corrector.cache}")
+    return write_reflect_jsonl(out / REFLECT_FILE, recs)
+
+# %% ../nbs/11_reflect.ipynb #r12main
+def train_reflect(cfg: AuroraConfig, out_dir: str | Path, init: str | Path,  # the stage-1 run (or model folder)
+                  teacher: str | Path | None = None,  # the stage-0 run (distillation targets)
+                  data_file: str | Path | None = None,  # reflective data (`write_reflect_jsonl`); default: built in out_dir
+                  progress: bool = True,
+                  cot_file: str | Path | None = None,  # stage 1's CoT JSONL, when the data is built (see `reflective_data_file`)
+                  **kwargs):
+    "Stage 2 into `out_dir`: build the reflective data when no file is given, then the SFT trainer on it; resumes."
+    if init is None: raise ValueError("stage reflect starts from the stage-1 model: give its run folder (--init DIR)")
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    path = Path(data_file) if data_file else reflective_data_file(cfg, init, out, progress, cot_file=cot_file)
+    base = RefAVSDataset(resolve_path(cfg.data.root), cfg.data.train_split)
+    records = read_reflect_jsonl(path)
+    cot = reflect_cot(records, base.split)
+    if any(not 0 <= i < len(base) for i in cot): raise ValueError(f"{path}: positions outside the {len(base)} {base.split} rows")
+    kinds = {r.index: r.kind for r in records if r.split == base.split}  # the data summary counts rows by kind
+    # stage "reflect": the trainer reads stages.reflect, so answers are kept up to stages.reflect.max_cot_chars, not stage 1's limit
+    return train_stage(cfg, "reflect", out, init=init, teacher=teacher, cot=cot, progress=progress, kinds=kinds, **kwargs)
+
+# %% ../nbs/11_reflect.ipynb #r12main2
+def train_main(args: argparse.Namespace) -> int:
+    "`aurora-nb train`: stage reflect here; the other stages are handed to the SFT chapter's handler."
+    if args.stage != "reflect": return sft_train_main(args)
+    cfg = get_config(args.preset or "tiny", args.overrides, path=args.config)
+    try: tr = train_reflect(cfg, args.out, args.init, args.teacher, args.data_file, progress=not args.no_progress)
+    except ConfigError: raise
+    except (FileNotFoundError, ValueError) as e:
+        print(f"aurora-nb train: error: {e}", file=sys.stderr)
+        return 2
+    if tr.is_world_process_zero():
+        print(f"aurora-nb train: stage reflect at step {tr.state.global_step}; model in {Path(args.out) / MODEL_DIR}")
+    return 0

@@ -220,9 +220,28 @@ def test_a_random_tiny_teacher_keeps_nothing_and_says_so(tiny_dir, tmp_path, syn
     assert cot_side_files(out)["rejected"].read_bytes() == rejected
 
 
+class Placed(Exception):
+    "Raised by a stand-in `run_device`: the loader went through `place`."
+
+
+def test_load_teacher_places_its_thinker_by_the_device_rule(tiny_dir, monkeypatch):
+    "Both kinds of folder go through `place` (aurora_nb.model's device rule), with the default device and an explicit one."
+    import aurora_nb.model
+    def sentinel(device=None): raise Placed(device)
+    monkeypatch.setattr(aurora_nb.model, "run_device", sentinel)
+    for src in tiny_dir:
+        with pytest.raises(Placed) as e: load_teacher(src, preset="tiny")
+        assert e.value.args[0] in (None, "auto"), src
+    with pytest.raises(Placed) as e: load_teacher(tiny_dir[1], preset="tiny", device="cpu")
+    assert e.value.args[0] == "cpu"
+
+
 def test_teacher_sources_checkpoint_folder_and_missing_ones(tiny_dir, tmp_path):
     t = load_teacher(tiny_dir[1], preset="tiny", device="cpu", max_new_tokens=3)
     assert t.model_id.endswith("hf") and t.config.model.thinker == str(tiny_dir[1]) and t.thinker.device.type == "cpu"
+    run = get_config("tiny", {"data.llm_frames": 2})  # a run's own settings (as stage 2's corrector passes them)
+    t = load_teacher(tiny_dir[1], config=run, device="cpu")
+    assert t.config.data.llm_frames == 2 and t.config.model.thinker == str(tiny_dir[1]) and run.model.thinker != str(tiny_dir[1])
     with pytest.raises(FileNotFoundError, match=r"teacher 'nobody/no-such-omni'.*HF_HUB_OFFLINE is set.*aurora_config.yaml"):
         load_teacher("nobody/no-such-omni", device="cpu")
     with pytest.raises(FileNotFoundError, match="no such folder"): load_teacher(tmp_path / "missing", device="cpu")

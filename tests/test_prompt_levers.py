@@ -89,7 +89,8 @@ def test_evaluation_prompts_follow_the_models_config(monkeypatch):
     seen = []
     def fake_predict(model, items, max_new_tokens=None, *, build_messages):
         seen.append(build_messages("x"))
-        return [types.SimpleNamespace(mask_logits=torch.zeros(10, 48, 64), text="It is gong [SEG].", used_fallback=False)
+        return [types.SimpleNamespace(mask_logits=torch.zeros(10, 48, 64), text="It is gong [SEG].", own_text="It is gong [SEG].",
+                                      used_fallback=False)
                 for _ in items]
     monkeypatch.setattr(ev, "predict", fake_predict)
     model = types.SimpleNamespace(config=get_config("tiny", {"data.system_prompt": "none"}))

@@ -1,5 +1,7 @@
-"""Stage 2: the judge on hand-made answers, oracle corrections, the model corrector's filter, splicing, the resumable
-search for wrong paths and a stage-2 run through the command-line handler that resumes after a kill."""
+"""Stage 2: the judge on hand-made answers, oracle corrections, the model corrector's filter, prompt and cache (a
+Hugging Face checkpoint folder through `make_corrector`, forced replies), splicing, the device rule for every model
+stage 2 loads, the resumable search for wrong paths, stage 2's own length limit and a stage-2 run through the
+command-line handler that resumes after a kill."""
 import argparse
 import json
 import re
@@ -8,12 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformers import LogitsProcessor, LogitsProcessorList
+
+import aurora_nb.model
+import aurora_nb.sft
 from aurora_nb.config import get_config
-from aurora_nb.cot import SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, oracle_cot, parse_answer
+from aurora_nb.cot import SEG_SENTENCE, SEG_TOKEN, STEP_HEADERS, STEPS, cot_answer, format_cot, oracle_cot, parse_answer, teacher_reasoning
 from aurora_nb.data import RefAVSDataset
 from aurora_nb.model import build_model, save_pretrained
-from aurora_nb.reflect import (JUDGED_FILE, REFLECT_FILE, TRIGGER, Case, ModelCorrector, OracleCorrector, build_reflective_data,
-                               find_wrong_paths, judge, reasoning_of, splice_reflective, split_steps, stage1_paths, train_main)
+from aurora_nb.reflect import (CORRECTIONS_FILE, JUDGED_FILE, REFLECT_FILE, TEACHER_CORRECTION_VERSION, TRIGGER, Case, ModelCorrector,
+                               OracleCorrector, ReflectRecord, build_reflective_data, correct_rows, correction_instruction, find_wrong_paths,
+                               first_answers, judge, last_path, make_corrector, reasoning_of, reflective_data_file, splice_reflective,
+                               split_steps, stage1_paths, train_main, train_reflect, write_reflect_jsonl)
 from aurora_nb.sft import AuroraSFTTrainer
 from aurora_nb.synth import make_synthetic_refavs, read_annotations
 
@@ -76,10 +84,124 @@ def test_splice():
     assert twice.count("reconsider") == 1 and twice.count(SEG_TOKEN) == 1 and twice.endswith("The target is drum. It is [SEG].")
 
 
+def test_splice_keeps_a_target_sentence_in_another_surface_form():
+    "The corrected path's own target sentence is compared as a parsed class: 'The target is the dog.' is not repeated as 'dog'."
+    for end in ("The target is the dog.", "The target is 'Dog'!", "the target is DOG", "The target is the dog. It is [SEG]."):
+        ans = splice_reflective("Answer: The target is cat. It is [SEG].", f"Images: a dog barks. Answer: {end}", "dog")
+        assert ans.lower().count("the target is") == 2 and parse_answer(ans).target == "dog" and ans.endswith(" It is [SEG]."), ans
+    assert splice_reflective("x", "Answer: The target is cat.", "dog").endswith("The target is cat. The target is dog. It is [SEG].")
+    assert splice_reflective("x", "Answer: The target is dog, which barks. Then it stops.", "dog").endswith("stops. The target is dog. It is [SEG].")
+
+
+def test_correction_prompt_gives_what_the_oracle_knows():
+    r = ROWS[0]; o = _other(r); right = oracle_cot(ANN, r["row"])
+    wrong = right.replace("Images:", f"Images: The {o} is on the left.").replace(f"The target is {r['category']}.", f"The target is {o}.")
+    j = judge(wrong + " " + SEG_SENTENCE, r, 0.9, ANN)
+    text = correction_instruction(Case(f"Answer: junk. {TRIGGER} {wrong} {SEG_SENTENCE}", r, j), r["expression"])
+    assert f"The reference is: {r['expression'].strip()}" in text and f"refers to is the {r['category']}." in text
+    assert last_path(wrong) in text and "junk" not in text  # the last path only, without its contract
+    assert f"concludes that the target is {o}, but it is {r['category']}" in text and f'"The {o} is on the left."' in text
+    assert text.endswith(f"The target is {r['category']}. It is [SEG].") and all(f"{h}:" in text for h in ("Images", "Audio", "Reference"))
+
+
+def test_model_corrector_resumes_after_a_kill_and_refuses_another_cache(tmp_path):
+    r = ROWS[0]; good = oracle_cot(ANN, r["row"]); asked = []
+    cases = [Case("x", r, judge("", r), item=lambda: pytest.fail("the clip is not needed"), key=("train", i, 0)) for i in range(4)]
+    def gen(cs):
+        asked.append([c.key[1] for c in cs]); return [good + " " + SEG_SENTENCE] * len(cs)
+    def dies(cs):
+        if asked: raise KeyboardInterrupt  # killed before the second batch comes back
+        return gen(cs)
+    cache = tmp_path / CORRECTIONS_FILE
+    with pytest.raises(KeyboardInterrupt): ModelCorrector(dies, "m", "v", cache, batch_size=2)(cases)
+    with cache.open("a") as f: f.write('{"key": ["train", 2, 0], "cat')  # and in the middle of a line
+    asked.clear()
+    mc = ModelCorrector(gen, "m", "v", cache, batch_size=2)
+    assert mc(cases) == [good] * 4 and asked == [[2, 3]] and (mc.kept, mc.dropped) == (4, 0)
+    assert [tuple(json.loads(l)["key"]) for l in cache.read_text().splitlines()] == [("train", i, 0) for i in range(4)]
+    with pytest.raises(ValueError, match=r"holds corrections by 'm' \(v\), not 'm' \(v2\)"): ModelCorrector(gen, "m", "v2", cache)(cases)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     return build_model(get_config("tiny", {"eval.max_new_tokens": 12, "eval.batch_size": 2}))
+
+
+@pytest.fixture(scope="module")
+def folders(tiny, tmp_path_factory):
+    "The tiny model as an aurora_nb model folder and, its thinker alone, as a Hugging Face checkpoint folder."
+    d = tmp_path_factory.mktemp("correctors")
+    save_pretrained(tiny, d / "aurora")
+    tiny.thinker.save_pretrained(d / "hf"); tiny.tokenizer.save_pretrained(d / "hf")
+    return d / "aurora", d / "hf"
+
+
+class Placed(Exception):
+    "Raised by a stand-in `run_device`: the loader went through `place`."
+
+
+def test_stage2_loaders_place_their_models(folders, tmp_path, monkeypatch):
+    "The stage-1 model whose answers are judged and both kinds of model corrector are loaded by the device rule."
+    def sentinel(device=None): raise Placed(device)
+    monkeypatch.setattr(aurora_nb.model, "run_device", sentinel)
+    for f in folders:  # an aurora_nb model folder and a Hugging Face checkpoint folder as the corrector
+        with pytest.raises(Placed): make_corrector(get_config("tiny", {"stages.reflect.corrector": str(f)}))
+    with pytest.raises(Placed):  # the stage-1 model, before any answer is judged
+        reflective_data_file(get_config("tiny"), folders[0], tmp_path / "run", progress=False, limit=1)
+    assert not (tmp_path / "run" / JUDGED_FILE).exists()
+
+
+class Force(LogitsProcessor):
+    "Row b of the batch generates exactly `ids[b]`, then the end of turn: scripted replies through the real `generate`."
+    def __init__(self, ids, eos): self.ids, self.eos, self.start = ids, eos, None
+
+    def __call__(self, input_ids, scores):
+        self.start = input_ids.shape[1] if self.start is None else self.start
+        k, out = input_ids.shape[1] - self.start, torch.full_like(scores, -1e9)
+        for b, ids in enumerate(self.ids): out[b, ids[k] if k < len(ids) else self.eos] = 0
+        return out
+
+
+def test_a_hugging_face_corrector_is_filtered_cached_and_resumed(folders, tmp_path):
+    cfg = get_config("tiny", {"stages.reflect.corrector": str(folders[1]), "eval.max_new_tokens": 60, "eval.batch_size": 4})
+    mc = make_corrector(cfg, tmp_path, device="cpu")
+    assert mc.name.endswith("hf") and (mc.prompt_version, mc.cache) == (TEACHER_CORRECTION_VERSION, tmp_path / CORRECTIONS_FILE)
+    judged, rows = _judged(3, set())  # three wrong answers
+    wrong, _ = first_answers(judged)
+    cats = [rows(judged[i])["category"] for i in range(3)]
+    replies = [cot_answer(format_cot("What I see.", "What I hear.", "What is asked.", c)) for c in (cats[0], _other(rows(judged[1])))]
+    replies.append(f"The sound comes from it. The target is {cats[2]}. It is [SEG].")  # no step headers
+    tok = mc.teacher.tokenizer
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in replies]
+    assert max(map(len, ids)) < 60
+    mc.teacher.generate_kwargs = {"logits_processor": LogitsProcessorList([Force(ids, tok.convert_tokens_to_ids("<|im_end|>"))])}
+    ds = RefAVSDataset(ROOT, "train")
+    fixed = correct_rows(wrong, mc, ds.__getitem__, rows)
+    assert fixed == {0: teacher_reasoning(replies[0])}, fixed
+    lines = [json.loads(l) for l in (tmp_path / CORRECTIONS_FILE).read_text().splitlines()]
+    assert [(l["key"], l["reason"]) for l in lines] == [(["train", 0, 0], None), (["train", 1, 0], "wrong-target"), (["train", 2, 0], "missing-steps")]
+    assert {(l["model_id"], l["prompt_version"]) for l in lines} == {(mc.name, TEACHER_CORRECTION_VERSION)} and lines[1]["text"] == replies[1]
+    again = make_corrector(cfg, tmp_path, device="cpu")  # a new run over the same stage folder: everything is in the cache
+    again.teacher.reply = lambda *a: pytest.fail("a cached answer was asked again")
+    assert correct_rows(wrong, again, lambda i: pytest.fail("a clip was decoded for a cached answer"), rows) == fixed
+    assert again.summary().endswith("kept 1, rejected 2 (missing-steps 1, wrong-target 1)")
+
+
+def test_stage2_trains_on_answers_up_to_its_own_length_limit(folders, tmp_path, monkeypatch):
+    "A reflective answer longer than stage 1's limit (2,000 characters) but under stages.reflect.max_cot_chars is trained on."
+    cfg = get_config("tiny", {"stages.reflect.kd_weight": 0.0})
+    r = ROWS[0]; good = oracle_cot(ANN, r["row"])
+    long_answer = splice_reflective("Images: " + "A bell rings on the left. " * 100, good, r["category"])
+    assert cfg.stages.sft.max_cot_chars < len(long_answer) < cfg.stages.reflect.max_cot_chars
+    write_reflect_jsonl(tmp_path / "r.jsonl", [ReflectRecord("train", 0, r["uid"], r["category"], long_answer, "reflective", "c")])
+    class Stop(Exception): pass
+    built, real = [], aurora_nb.sft.SFTDataset
+    def spy(*a, **k):
+        built.append(real(*a, **k)); raise Stop  # the dataset stage 2 would train on; no training needed
+    monkeypatch.setattr(aurora_nb.sft, "SFTDataset", spy)
+    with pytest.raises(Stop): train_reflect(cfg, tmp_path / "run", folders[0], data_file=tmp_path / "r.jsonl", progress=False)
+    assert list(built[0].positions) == [0]
 
 
 def test_model_corrector_filter(tiny):

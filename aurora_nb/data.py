@@ -6,17 +6,19 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 # %% auto #0
-__all__ = ['SPLITS', 'CSV_COLUMNS', 'NULL_PREFIXES', 'PROBLEM_KINDS', 'RefAVSDataError', 'folder_from_uid', 'category_from_uid',
-           'is_null_folder', 'read_metadata', 'RefAVSSample', 'read_samples', 'load_frames', 'load_masks',
-           'resample_mono', 'load_audio', 'load_clip', 'RefAVSDataset', 'collate_clips', 'overlay_mask', 'show_clip',
-           'whisper_log_mel', 'write_video_clip', 'load_video_clip', 'Problem', 'ValidationReport', 'validate_refavs',
-           'check_data_main']
+__all__ = ['SPLITS', 'CSV_COLUMNS', 'NULL_PREFIXES', 'PLAIN_SENTENCE', 'WARNING_KINDS', 'PROBLEM_KINDS', 'RefAVSDataError',
+           'folder_from_uid', 'category_from_uid', 'is_null_folder', 'read_metadata', 'RefAVSDataWarning',
+           'row_warnings', 'RefAVSSample', 'read_samples', 'load_frames', 'load_masks', 'resample_mono', 'load_audio',
+           'load_clip', 'RefAVSDataset', 'collate_clips', 'overlay_mask', 'show_clip', 'whisper_log_mel',
+           'write_video_clip', 'load_video_clip', 'Problem', 'ValidationReport', 'validate_refavs', 'check_data_main']
 
 # %% ../nbs/01_data.ipynb #d1imp2
 import av
@@ -71,6 +73,26 @@ def read_metadata(root: str | Path,  # Ref-AVS root holding metadata.csv
     df["is_null"] = [is_null_folder(f) for f in df["folder"]]
     return df
 
+# %% ../nbs/01_data.ipynb #d1warnfn
+PLAIN_SENTENCE = re.compile(r"[A-Za-z][A-Za-z0-9 ,.;:!?'’\"()/&_-]*")  # what an expression looks like (`_`: the CSV's stray commas)
+WARNING_KINDS = ("outside-splits", "not-a-sentence")  # what the reader and the validator warn about
+
+class RefAVSDataWarning(UserWarning):
+    "A metadata row that reads fine but will not be used as intended (outside the splits, or not an expression)."
+
+def row_warnings(df: pd.DataFrame,  # rows from `read_metadata` (any subset)
+                ) -> list[tuple[int, str, str]]:  # (row, kind, message)
+    "Rows outside the five splits and expressions that are not a plain sentence, each with what was expected."
+    out = []
+    for r, uid, split, exp in zip(df["row"], df["uid"], df["split"], df["exp"]):
+        if split not in SPLITS:
+            out.append((int(r), "outside-splits", f"split {split!r} of uid {uid!r}: in none of the splits, so never read; "
+                                                  f"expected one of {', '.join(SPLITS)}"))
+        if not PLAIN_SENTENCE.fullmatch(str(exp).strip()):
+            out.append((int(r), "not-a-sentence", f"expression {str(exp)[:60]!r} of uid {uid!r}: expected a plain sentence "
+                                                  "(Latin letters, digits, spaces and punctuation, starting with a letter)"))
+    return out
+
 # %% ../nbs/01_data.ipynb #d1samplecls
 @dataclass(frozen=True)
 class RefAVSSample:
@@ -99,14 +121,23 @@ class RefAVSSample:
         return [Path(root) / "gt_mask" / self.folder / f"fid_{self.fid}" / f"{i:05d}.png" for i in range(num_frames)]
 
 # %% ../nbs/01_data.ipynb #d1readsamples
+def _warn_rows(path: Path, found: list[tuple[int, str, str]]) -> None:
+    "One `RefAVSDataWarning` per kind: the file, how many rows, the first rows and what was expected."
+    for kind in WARNING_KINDS:
+        rows = [(r, m) for r, k, m in found if k == kind]
+        if rows:
+            more = f" (and {len(rows) - 1} more: rows {', '.join(str(r) for r, _ in rows[1:6])}{' …' if len(rows) > 6 else ''})" if len(rows) > 1 else ""
+            warnings.warn(f"{path}: row {rows[0][0]}: {rows[0][1]}{more}", RefAVSDataWarning, stacklevel=3)
+
 def read_samples(root: str | Path,  # Ref-AVS root
                  split: str | None = None,  # one of SPLITS; None keeps every row, TODO included
                 ) -> list[RefAVSSample]:
-    "The rows of `split` in CSV order (duplicate uids kept as separate rows)."
+    "The rows of `split` in CSV order (duplicate uids kept as separate rows); warns about odd rows it returns."
     if split is not None and split not in (*SPLITS, "TODO"): raise RefAVSDataError(f"unknown split {split!r}; expected one of {SPLITS}")
     df = read_metadata(root)
     df["index"] = df.groupby("split").cumcount()  # position within its own split
     if split is not None: df = df[df["split"] == split]
+    _warn_rows(Path(root) / "metadata.csv", row_warnings(df))
     return [RefAVSSample(int(r), v, u, s, int(f), e, int(i)) for r, v, u, s, f, e, i in
             zip(df["row"], df["vid"], df["uid"], df["split"], df["fid"], df["exp"], df["index"])]
 
@@ -313,33 +344,42 @@ PROBLEM_KINDS = ("missing-csv", "missing-columns", "unknown-split", "malformed-u
 
 @dataclass
 class Problem:
-    "One thing wrong with a Ref-AVS folder."
-    kind: str  # one of PROBLEM_KINDS
+    "One thing wrong (or, in `ValidationReport.warnings`, odd) with a Ref-AVS folder."
+    kind: str  # one of PROBLEM_KINDS (or WARNING_KINDS)
     path: str  # the file (or folder) concerned
     message: str  # what was found and what was expected
     row: int | None = None  # first CSV row that uses the file
 
     def __str__(self): return f"[{self.kind}] {self.path}: {self.message}" + ("" if self.row is None else f" (row {self.row})")
 
+# %% ../nbs/01_data.ipynb #d1report
+def _counts(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in items: out[p.kind] = out.get(p.kind, 0) + 1
+    return out
+
 @dataclass
 class ValidationReport:
-    "Every problem found in a Ref-AVS folder, with counts."
+    "Every problem found in a Ref-AVS folder, and every warning, with counts."
     root: str
     rows: int = 0  # CSV data rows read
     folders: int = 0  # media folders checked
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # odd rows that do not fail the check (WARNING_KINDS)
 
     @property
     def ok(self) -> bool: return not self.problems
-    def counts(self) -> dict[str, int]:
-        "Number of problems of each kind."
-        out: dict[str, int] = {}
-        for p in self.problems: out[p.kind] = out.get(p.kind, 0) + 1
-        return out
+    def counts(self) -> dict[str, int]: return _counts(self.problems)  # problems of each kind
+    def warning_counts(self) -> dict[str, int]: return _counts(self.warnings)
     def summary(self) -> str:
         c = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts().items())) or "no problems"
         return f"{self.root}: {self.rows} rows, {self.folders} media folders checked, {len(self.problems)} problem(s) ({c})"
-    def __str__(self): return "\n".join([*map(str, self.problems), self.summary()])
+    def warning_summary(self) -> str:
+        c = ", ".join(f"{k}: {v}" for k, v in sorted(self.warning_counts().items()))
+        return f"{len(self.warnings)} warning(s)" + (f" ({c}): rows that are read but not as intended" if c else "")
+    def __str__(self):
+        warned = [*(f"warning {w}" for w in self.warnings), self.warning_summary()] if self.warnings else []
+        return "\n".join([*map(str, self.problems), *warned, self.summary()])
     def __len__(self): return len(self.problems)
     def __iter__(self): return iter(self.problems)
 
@@ -375,6 +415,7 @@ def _check_media(root: Path, folder: str, row: int, num_frames: int, min_audio_s
         except Exception as e: add("unreadable-audio", apath, f"cannot decode audio ({type(e).__name__}: {str(e)[:80]})")
     return size
 
+# %% ../nbs/01_data.ipynb #d1checkmasks
 def _check_masks(root: Path, folder: str, fid: int, row: int, is_null: bool, size, num_frames: int, report: ValidationReport):
     "The num_frames masks of object `fid` in `folder`."
     add = lambda kind, path, msg: report.problems.append(Problem(kind, str(path), msg, row))
@@ -395,7 +436,7 @@ def validate_refavs(root: str | Path,  # Ref-AVS root holding metadata.csv
                     min_audio_seconds: float = 9.5,  # shorter audio is reported (clips are 10 s)
                     progress: bool = True,  # tqdm bar over the rows
                    ) -> ValidationReport:
-    "Check every row of a Ref-AVS folder; the report lists every problem, naming the file and what was expected."
+    "Check every row of a Ref-AVS folder; the report lists every problem and warning, naming the file, the row and what was expected."
     root = Path(root); report = ValidationReport(str(root))
     path = root / "metadata.csv"
     if not path.is_file():
@@ -418,13 +459,17 @@ def validate_refavs(root: str | Path,  # Ref-AVS root holding metadata.csv
         if (folder, fid) not in seen_masks:
             seen_masks.add((folder, fid))
             _check_masks(root, folder, int(fid), r, is_null_folder(folder), sizes[folder], num_frames, report)
+    known = df.assign(row=np.arange(len(df)))[df["split"].isin([*SPLITS, "TODO"])]  # an unknown split is already a problem
+    report.warnings = [Problem(kind, str(path), msg, r) for r, kind, msg in row_warnings(known)]
     report.folders = len(sizes)
     return report
 
 # %% ../nbs/01_data.ipynb #d1cli
 def check_data_main(args: argparse.Namespace) -> int:
-    "Handler of `aurora-nb check-data ROOT`: print every problem of a Ref-AVS folder and a summary; 0 when clean, 1 otherwise."
+    "Handler of `aurora-nb check-data ROOT`: print every problem and warning of a Ref-AVS folder and a summary; 0 when no problem, 1 otherwise."
     rep = validate_refavs(args.root, args.num_frames, args.min_audio_seconds, progress=not args.no_progress)
     for p in rep.problems: print(p)
+    for w in rep.warnings: print("warning", w)
     print(("OK " if rep.ok else "FAILED ") + rep.summary())
+    if rep.warnings: print(rep.warning_summary())
     return 0 if rep.ok else 1

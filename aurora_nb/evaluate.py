@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 # %% auto #0
-__all__ = ['PNG_TOP', 'PNG_EDGES', 'PREDICTORS', 'AUDIO_MODES', 'METRICS_FILE', 'PREDICTIONS_FILE', 'RUN_FILE', 'MASK_DIR',
-           'MIN_SECONDS', 'parse_target', 'probs_to_png8', 'png8_to_logits', 'object_masks', 'reference_logits',
-           'shuffled_sources', 'apply_audio', 'row_scores', 'summarize', 'write_mask_pngs', 'read_mask_pngs',
-           'read_predictions', 'evaluate', 'rescore', 'results_frame', 'audio_probe', 'overlay_frames', 'write_gif',
-           'video_has_audio', 'read_user_clip', 'infer', 'print_metrics', 'eval_main', 'infer_main']
+__all__ = ['CELL_THRESHOLDS', 'CELL_EDGES', 'CELL_LOGITS', 'CELL_SHIFT', 'PNG_TOP', 'PNG_EDGES', 'PREDICTORS', 'AUDIO_MODES',
+           'METRICS_FILE', 'PREDICTIONS_FILE', 'RUN_FILE', 'MASK_DIR', 'MASK_FORMAT', 'MIN_SECONDS', 'parse_target',
+           'first_logit', 'logits_to_cells', 'cells_to_logits', 'probs_to_png8', 'png8_to_logits', 'object_masks',
+           'reference_logits', 'shuffled_sources', 'apply_audio', 'row_scores', 'summarize', 'write_mask_pngs',
+           'read_mask_logits', 'read_mask_pngs', 'read_predictions', 'evaluate', 'rescore', 'results_frame',
+           'audio_probe', 'overlay_frames', 'write_gif', 'video_has_audio', 'read_user_clip', 'infer', 'print_metrics',
+           'eval_main', 'infer_main']
 
 # %% ../nbs/07_evaluate.ipynb #e11imp2
 import av
@@ -30,9 +33,9 @@ from PIL import Image
 # %% ../nbs/07_evaluate.ipynb #e11imp3
 from .config import AuroraConfig, ConfigError, get_config, resolve_path
 from .data import SPLITS, RefAVSDataError, RefAVSDataset, load_audio, load_frames, load_masks, load_video_clip
-from .metrics import RefAVSEvaluator, frame_iou, get_protocol, official_gt, resize_logits
+from .metrics import F_THRESHOLDS, RefAVSEvaluator, frame_iou, get_protocol, official_gt, resize_logits, threshold_buckets
 from .synth import CUE_TYPES, read_annotations
-from .model import from_pretrained, predict
+from .model import from_pretrained, place, predict
 from .cot import chat_builder, normalise_class, parse_answer
 
 # %% ../nbs/07_evaluate.ipynb #e11parse
@@ -41,13 +44,57 @@ def parse_target(text: str,  # an answer, e.g. "... The target is bell. It is be
     "The class an answer names, read by `cot.parse_answer`: the last 'The target is <class>.', else 'It is <class> [SEG].'"
     return parse_answer(text).target
 
+# %% ../nbs/07_evaluate.ipynb #e11cells
+CELL_THRESHOLDS = (0.4, 0.5)  # the strict σ thresholds of the presets: J (0.4 or 0.5) and S (0.5)
+
+def _f32_rank(x: torch.Tensor) -> torch.Tensor:  # [n] float32 -> int64 with the same order (the float32 ladder)
+    i = x.float().view(torch.int32).long()
+    return torch.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+def _f32_at(k: torch.Tensor) -> torch.Tensor:  # inverse of _f32_rank
+    b = torch.where(k < 0, (-k) | (1 << 31), k)
+    return torch.where(b >= 2 ** 31, b - 2 ** 32, b).to(torch.int32).view(torch.float32)
+
+def first_logit(holds, n: int) -> torch.Tensor:  # [n] float32
+    "The smallest float32 logit in [-40, 40] for which each of `n` monotone conditions holds (bisection on the float32 ladder)."
+    lo, hi = (torch.full((n,), int(_f32_rank(torch.tensor(v)))) for v in (-40.0, 40.0))
+    while (hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        ok = holds(_f32_at(mid).repeat(64, 1))[0]  # 64 copies: torch's vectorised sigmoid, the one a whole mask goes through
+        hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+    return _f32_at(hi)
+
+CELL_EDGES = torch.cat([first_logit(lambda x: torch.sigmoid(x) >= F_THRESHOLDS[1:], 254),  # F on σ (θ_0 = 0 always holds)
+                        F_THRESHOLDS,  # F on raw logits (aurora_code)
+                        first_logit(lambda x: torch.sigmoid(x) > torch.tensor(CELL_THRESHOLDS), 2)]).unique()  # [511] sorted
+CELL_LOGITS = torch.cat([torch.tensor([-30.0]), ((CELL_EDGES[:-1].double() + CELL_EDGES[1:].double()) / 2).float(),
+                         torch.tensor([30.0])])  # [512]: one logit inside each cell (the middle; ±30 at the ends)
+
+# %% ../nbs/07_evaluate.ipynb #e11cellsfn
+CELL_SHIFT = 7  # the PNG holds cell << 7 (0 … 65408): a monotone grey image in any viewer
+
+def logits_to_cells(x: torch.Tensor,  # [T, H, W] float32 logits at the evaluation size
+                   ) -> np.ndarray:  # uint16 [T, H, W] cells 0 … 511
+    "The cell of each logit: how many of the questions (σ ≥ θ_k, x ≥ θ_k, σ > 0.4, σ > 0.5) it answers yes, minus θ_0's."
+    x = x.float().contiguous()
+    if torch.isnan(x).any(): raise ValueError("the prediction contains NaN logits")
+    p = torch.sigmoid(x)  # [T, H, W], the same float32 sigmoid the evaluator applies
+    c = threshold_buckets(p) - 1 + threshold_buckets(x)  # σ ≥ θ_k for k ≥ 1, x ≥ θ_k for every k
+    for t in CELL_THRESHOLDS: c += p > t
+    return c.to(torch.int32).numpy().astype(np.uint16)
+
+def cells_to_logits(cells: np.ndarray,  # uint16 [T, H, W] from `logits_to_cells`
+                   ) -> torch.Tensor:  # [T, H, W] float32 logits
+    "A logit inside each cell: every question of every preset gets the answer the original logit got."
+    return CELL_LOGITS[torch.from_numpy(np.asarray(cells).astype(np.int64))]
+
 # %% ../nbs/07_evaluate.ipynb #e11quant
 PNG_TOP = 255  # the code of a probability of exactly 1.0
 PNG_EDGES = torch.arange(1, 255, dtype=torch.float64).div(255).float()  # [254] float32 bin edges k/255
 
 def probs_to_png8(probs: torch.Tensor,  # [T, H, W] float32 probabilities in [0, 1]
                  ) -> np.ndarray:  # uint8 [T, H, W]
-    "8-bit code: v = the number of edges float32(k/255) strictly below p (p ∈ (v/255, (v+1)/255]); 255 for p = 1."
+    "8-bit view: v = the number of edges float32(k/255) strictly below p (p ∈ (v/255, (v+1)/255]); 255 for p = 1."
     p = probs.float().contiguous()
     v = torch.bucketize(p, PNG_EDGES, right=False)  # p > edge_k  <=>  v >= k, compared in float32 as the metric does
     v[p >= 1] = PNG_TOP
@@ -183,17 +230,27 @@ def summarize(records: list[dict],  # one record per row (predictions.jsonl line
 
 # %% ../nbs/07_evaluate.ipynb #e11io
 METRICS_FILE, PREDICTIONS_FILE, RUN_FILE, MASK_DIR = "metrics.json", "predictions.jsonl", "run.json", "masks"
+MASK_FORMAT = "cells16"  # run.json's `masks`: 16-bit PNGs of cell << CELL_SHIFT (older folders: 8-bit probability codes)
 
-def write_mask_pngs(folder: Path, codes: np.ndarray) -> None:
-    "One 8-bit PNG per frame (`00000.png` …), written to a temporary name and renamed (a kill leaves no half file)."
+def write_mask_pngs(folder: Path, cells: np.ndarray) -> None:
+    "One 16-bit PNG per frame (`00000.png` …), written to a temporary name and renamed (a kill leaves no half file)."
     folder.mkdir(parents=True, exist_ok=True)
-    for t, v in enumerate(codes):
+    for t, c in enumerate(cells):
         tmp = folder / f".{t:05d}.png.tmp"
-        Image.fromarray(v).save(tmp, format="PNG"); os.replace(tmp, folder / f"{t:05d}.png")
+        Image.fromarray(c.astype(np.uint16) << CELL_SHIFT).save(tmp, format="PNG"); os.replace(tmp, folder / f"{t:05d}.png")
+
+def _read_pngs(folder: Path, num_frames: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(folder / f"{t:05d}.png")) for t in range(num_frames)])  # [T, h, w]
+
+def read_mask_logits(folder: Path, num_frames: int) -> torch.Tensor:
+    "One row's stored prediction as logits [T, h, w]: exact from the cells (8-bit folders of older runs: the bin centres)."
+    v = _read_pngs(folder, num_frames)
+    return png8_to_logits(v) if v.dtype == np.uint8 else cells_to_logits(v >> CELL_SHIFT)
 
 def read_mask_pngs(folder: Path, num_frames: int) -> np.ndarray:
-    "The 8-bit codes of one row, uint8 [T, h, w]."
-    return np.stack([np.asarray(Image.open(folder / f"{t:05d}.png")) for t in range(num_frames)])
+    "One row's prediction as the 8-bit probability view, uint8 [T, h, w] (v/255 ≈ p): for figures and browsing."
+    v = _read_pngs(folder, num_frames)
+    return v if v.dtype == np.uint8 else probs_to_png8(torch.sigmoid(cells_to_logits(v >> CELL_SHIFT)))
 
 def read_predictions(out_dir: str | Path) -> list[dict]:
     "The complete lines of predictions.jsonl (a line cut by a kill is dropped), in split order."
@@ -213,8 +270,18 @@ def _predict_logits(model, items: list[dict], max_new_tokens: int | None) -> tup
     for k, it in enumerate(items): sizes.setdefault(tuple(np.asarray(it["frames"]).shape[1:3]), []).append(k)
     for ks in sizes.values():
         for k, p in zip(ks, predict(model, [items[k] for k in ks], max_new_tokens=max_new_tokens, build_messages=chat_builder(model.config))):
-            logits[k], answers[k] = p.mask_logits.float(), dict(text=p.text, fallback=bool(p.used_fallback))
+            logits[k] = p.mask_logits.float()
+            answers[k] = dict(text=p.text, own_text=p.own_text, fallback=bool(p.used_fallback))  # own_text: without the fallback
     return logits, answers
+
+def _batch_logits(model, predictor: str | None, items: dict[int, dict], root, ann: dict | None, seed: int,
+                  max_new_tokens: int | None) -> dict[int, tuple]:
+    "Split position -> (item, logits [T, H, W] at the frame size, answer) from the model or a reference predictor."
+    if not items: return {}
+    its = list(items.values())
+    if predictor is not None: logits, answers = [reference_logits(predictor, it, root, ann, seed) for it in its], [None] * len(its)
+    else: logits, answers = _predict_logits(model, its, max_new_tokens)
+    return {i: (it, x, a) for i, it, x, a in zip(items, its, logits, answers)}
 
 # %% ../nbs/07_evaluate.ipynb #e11evalfn
 def _open_out(out: Path, header: dict, n: int, num_frames: int) -> dict[int, dict]:
@@ -233,17 +300,71 @@ def _open_out(out: Path, header: dict, n: int, num_frames: int) -> dict[int, dic
     return done
 
 def _row_record(ds, i: int, ann: dict | None, answer: dict | None) -> dict:
-    "The predictions.jsonl line of split position `i` before scoring."
+    "The predictions.jsonl line of split position `i` before scoring; the target is parsed from the model's own words."
     s = ds.samples[i]
+    a = answer or {}
     rec = dict(index=i, row=s.row, uid=s.uid, category=s.category, mask=f"{MASK_DIR}/{i:05d}",
-               text=None if answer is None else answer["text"], fallback=None if answer is None else answer["fallback"])
-    rec["target"] = None if answer is None else parse_target(answer["text"])
+               text=a.get("text"), own_text=a.get("own_text"), fallback=a.get("fallback"))
+    rec["target"] = None if answer is None else parse_target(a["own_text"])  # never the appended fallback's words
     if ann is not None:
-        a = ann["rows"][s.row]
-        rec.update(cue=a.get("cue"), audio_required=a.get("audio_required"), target_fid=a.get("target"))
+        r = ann["rows"][s.row]
+        rec.update(cue=r.get("cue"), audio_required=r.get("audio_required"), target_fid=r.get("target"))
     return rec
 
 # %% ../nbs/07_evaluate.ipynb #e11evalfn2
+def _eval_setup(cfg: AuroraConfig, split: str, audio: str, predictor: str | None, limit: int | None, data_root, seed: int):
+    "Check the arguments and open the split: (protocol, dataset, rows to score, sidecar annotations or None, run.json header)."
+    if audio not in AUDIO_MODES: raise ValueError(f"audio={audio!r}: expected one of {', '.join(AUDIO_MODES)}")
+    if predictor is not None and predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}: expected one of {', '.join(PREDICTORS)}")
+    if split not in SPLITS: raise RefAVSDataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    protocol, T = get_protocol(cfg.eval.protocol), cfg.data.num_frames
+    root = resolve_path(data_root or cfg.data.root)
+    ds = RefAVSDataset(root, split, T, cfg.data.sample_rate)
+    n = len(ds) if limit is None else min(int(limit), len(ds))
+    if n == 0: raise ValueError(f"split {split!r} of {root} has no rows to evaluate")
+    ann = read_annotations(root) if (Path(root) / "annotations.json").is_file() else None
+    header = dict(split=split, protocol=protocol.name, audio=audio, predictor=predictor, n_rows=n,
+                  data_root=str(Path(root).resolve()), num_frames=T, seed=seed, masks=MASK_FORMAT)
+    return protocol, ds, n, ann, header
+
+# %% ../nbs/07_evaluate.ipynb #e11rowstep
+def _row_input(i: int, fresh: dict, done: dict, ds, ann, protocol, out: Path | None):
+    "Row i's record, its cells to store (None when read back), its logits decoded from the stored form, and its GT."
+    if i in fresh:
+        it, x, a = fresh[i]
+        cells = logits_to_cells(resize_logits(x, _eval_size(protocol, x.shape)))  # uint16 [T, h, w]: what is stored
+        return _row_record(ds, i, ann, a), cells, cells_to_logits(cells), it.get("masks")
+    rec = done[i]  # written before an interruption: scored from its PNGs, exactly as when it was fresh
+    gt = None if ds.split == "test_n" else load_masks(ds.samples[i].mask_paths(ds.root, ds.num_frames))
+    return rec, None, read_mask_logits(out / rec["mask"], ds.num_frames), gt
+
+def _objects(cache: dict, ds, ann, i: int):
+    "The clip's object masks for the right-object flag (synthetic benchmark, not test_n), read once per clip."
+    if ann is None or ds.split == "test_n": return None
+    folder = ds.samples[i].folder
+    if folder not in cache: cache[folder] = object_masks(ds.root, ann, folder, ds.num_frames)
+    return cache[folder]
+
+def _score_row(ev: RefAVSEvaluator, i: int, x: torch.Tensor, gt, rec: dict, objects=None) -> dict:
+    "Row i into the evaluator's groups, and its own numbers (J_row, fg, right-object) into its record."
+    gt = None if ev.null else gt  # S never reads the GT
+    ev.update([x], None if gt is None else [gt], indices=[i])
+    rec.update(row_scores(x, gt, ev.protocol, objects, rec.get("target_fid")))
+    return rec
+
+def _write_row(out: Path, rec: dict, cells: np.ndarray) -> None:
+    "A fresh row into the folder: its masks first, then the line that points at them."
+    write_mask_pngs(out / rec["mask"], cells)
+    with open(out / PREDICTIONS_FILE, "a") as f: f.write(json.dumps(rec) + "\n")
+
+@contextlib.contextmanager
+def _timer(tm: dict, key: str):
+    t0 = time.perf_counter()
+    yield
+    tm[key] += time.perf_counter() - t0
+
+# %% ../nbs/07_evaluate.ipynb #e11evalmain
 @torch.no_grad()
 def evaluate(model,  # an AuroraModel, or None with `predictor`
              cfg: AuroraConfig | None = None,  # default: model.config (data.*, eval.protocol, eval.batch_size, eval.max_new_tokens)
@@ -257,69 +378,29 @@ def evaluate(model,  # an AuroraModel, or None with `predictor`
              seed: int = 0,  # shuffled audio and random-object
              max_new_tokens: int | None = None,  # default eval.max_new_tokens
              progress: bool = False,  # a tqdm bar over batches
+             device: str | torch.device | None = "auto",  # where the model runs: "auto" = the run's device (`place`)
             ) -> dict[str, Any]:
     "Score `model` (or a reference predictor) on a split: the metrics.json dict plus `timing` (seconds per phase)."
     if model is None and predictor is None: raise ValueError("evaluate: give a model or a predictor")
     cfg = cfg if cfg is not None else model.config
-    if audio not in AUDIO_MODES: raise ValueError(f"audio={audio!r}: expected one of {', '.join(AUDIO_MODES)}")
-    if predictor is not None and predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}: expected one of {', '.join(PREDICTORS)}")
-    if split not in SPLITS: raise RefAVSDataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    protocol, T = get_protocol(cfg.eval.protocol), cfg.data.num_frames
-    root = resolve_path(data_root or cfg.data.root)
-    ds = RefAVSDataset(root, split, T, cfg.data.sample_rate)
-    n = len(ds) if limit is None else min(int(limit), len(ds))
-    if n == 0: raise ValueError(f"split {split!r} of {root} has no rows to evaluate")
-    ann = read_annotations(root) if (Path(root) / "annotations.json").is_file() else None
-    null = split == "test_n"
-    header = dict(split=split, protocol=protocol.name, audio=audio, predictor=predictor, n_rows=n,
-                  data_root=str(Path(root).resolve()), num_frames=T, seed=seed)
+    protocol, ds, n, ann, header = _eval_setup(cfg, split, audio, predictor, limit, data_root, seed)
+    if predictor is None: model = place(model, device, quiet=True)  # the device rule; `predict` moves the inputs to it
     out = Path(out_dir) if out_dir is not None else None
-    done = _open_out(out, header, n, T) if out is not None else {}
+    done = _open_out(out, header, n, ds.num_frames) if out is not None else {}
     sources = shuffled_sources(ds, seed) if audio == "shuffled" else None
-    ev, objs_cache = RefAVSEvaluator(null, protocol, n_rows=n), {}
-    bs = int(batch_size or cfg.eval.batch_size)
-    records, tm = [], dict(generate=0.0, score=0.0, io=0.0)
-    t_all = time.perf_counter()
+    ev, objs, records, tm = RefAVSEvaluator(split == "test_n", protocol, n_rows=n), {}, [], dict(generate=0.0, score=0.0, io=0.0)
+    bs, t_all = int(batch_size or cfg.eval.batch_size), time.perf_counter()
     from tqdm.auto import tqdm
     for start in tqdm(range(0, n, bs), disable=not progress, desc=f"eval {split}", unit="batch"):
         idx = list(range(start, min(start + bs, n)))
-        todo = [i for i in idx if i not in done]
-        t0 = time.perf_counter()
-        items = [apply_audio(ds[i], audio, ds, sources) for i in todo]
-        tm["io"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if predictor is not None: logits, answers = [reference_logits(predictor, it, root, ann, seed) for it in items], [None] * len(items)
-        elif todo: logits, answers = _predict_logits(model, items, max_new_tokens)
-        tm["generate"] += time.perf_counter() - t0
-        fresh = {i: (it, x, a) for i, it, x, a in zip(todo, items, logits if todo else [], answers if todo else [])}
-        for i in idx:  # in split order; fresh and resumed rows alike are scored from their 8-bit codes
-            t0 = time.perf_counter()
-            if i in fresh:
-                it, x, a = fresh[i]
-                codes = probs_to_png8(torch.sigmoid(resize_logits(x, _eval_size(protocol, x.shape))))
-                rec, gt = _row_record(ds, i, ann, a), it.get("masks")
-            else:
-                rec = done[i]
-                codes = read_mask_pngs(out / rec["mask"], T)
-                gt = None if null else load_masks(ds.samples[i].mask_paths(root, T))
-            folder = ds.samples[i].folder
-            if ann is not None and not null and folder not in objs_cache: objs_cache[folder] = object_masks(root, ann, folder, T)
-            tm["io"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            x = png8_to_logits(codes)
-            ev.update([x], None if null else [gt], indices=[i])
-            rec.update(row_scores(x, None if null else gt, protocol, objs_cache.get(folder), rec.get("target_fid")))
-            tm["score"] += time.perf_counter() - t0
-            records.append(rec)
-            if out is not None and i in fresh:
-                t0 = time.perf_counter()
-                write_mask_pngs(out / rec["mask"], codes)  # masks first, then the line that points at them
-                with open(out / PREDICTIONS_FILE, "a") as f: f.write(json.dumps(rec) + "\n")
-                tm["io"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    metrics = summarize(records, ev.compute(), header)
-    tm["score"] += time.perf_counter() - t0
+        with _timer(tm, "io"): items = {i: apply_audio(ds[i], audio, ds, sources) for i in idx if i not in done}
+        with _timer(tm, "generate"): fresh = _batch_logits(model, predictor, items, ds.root, ann, seed, max_new_tokens)
+        for i in idx:  # in split order; fresh and resumed rows alike are scored from their stored cells
+            with _timer(tm, "io"): rec, cells, x, gt = _row_input(i, fresh, done, ds, ann, protocol, out); obj = _objects(objs, ds, ann, i)
+            with _timer(tm, "score"): records.append(_score_row(ev, i, x, gt, rec, obj))
+            if out is not None and cells is not None:
+                with _timer(tm, "io"): _write_row(out, rec, cells)
+    with _timer(tm, "score"): metrics = summarize(records, ev.compute(), header)
     if out is not None: (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
     tm["total"] = time.perf_counter() - t_all
     return {**metrics, "timing": {k: round(v, 3) for k, v in tm.items()}}
@@ -329,7 +410,7 @@ def rescore(out_dir: str | Path,  # a folder written by `evaluate`
             protocol: str | None = None,  # another protocol name; default: the one it was evaluated with
             data_root: str | Path | None = None,  # where the GT lives, when the data moved
            ) -> dict[str, Any]:
-    "Metrics of an evaluation folder from its 8-bit mask PNGs and the GT, without the model."
+    "Metrics of an evaluation folder from its stored cells and the GT, without the model (exact under its own protocol)."
     out = Path(out_dir)
     if not (out / RUN_FILE).is_file(): raise FileNotFoundError(f"{out}: no {RUN_FILE}; expected a folder written by evaluate")
     header = json.loads((out / RUN_FILE).read_text())
@@ -343,12 +424,8 @@ def rescore(out_dir: str | Path,  # a folder written by `evaluate`
     ann = read_annotations(root) if (root / "annotations.json").is_file() else None
     ev, cache = RefAVSEvaluator(null, proto, n_rows=len(recs)), {}
     for r in recs:
-        x = png8_to_logits(read_mask_pngs(out / r["mask"], T))
         gt = None if null else load_masks(ds.samples[r["index"]].mask_paths(root, T))
-        ev.update([x], None if null else [gt], indices=[r["index"]])
-        folder = ds.samples[r["index"]].folder
-        if ann is not None and not null and folder not in cache: cache[folder] = object_masks(root, ann, folder, T)
-        r.update(row_scores(x, gt, proto, cache.get(folder), r.get("target_fid")))
+        _score_row(ev, r["index"], read_mask_logits(out / r["mask"], T), gt, r, _objects(cache, ds, ann, r["index"]))
     return summarize(recs, ev.compute(), header)
 
 # %% ../nbs/07_evaluate.ipynb #e11table
@@ -432,18 +509,20 @@ def infer(model, clip: dict,  # an AuroraModel and a `read_user_clip` result
           expression: str,  # the referring expression
           out_dir: str | Path | None = None,  # write masks/00000.png …, overlay.gif and answer.json here
           max_new_tokens: int | None = None,
+          device: str | torch.device | None = "auto",  # where the model runs: "auto" = the run's device (`place`)
          ) -> dict:
     "Segment the object `expression` refers to in a user's clip: answer, parsed target and binary masks [T, H, W]."
+    model = place(model, device, quiet=True)  # the device rule; `predict` moves the inputs to `model_device(model)`
     p = predict(model, [dict(clip, expression=expression)], max_new_tokens=max_new_tokens, build_messages=chat_builder(model.config))[0]
     thr = get_protocol(model.config.eval.protocol).j_threshold
     masks = (torch.sigmoid(p.mask_logits.float()) > thr).numpy().astype(np.uint8)  # [T, H, W] {0, 1}
-    res = dict(text=p.text, target=parse_target(p.text), used_fallback=p.used_fallback, masks=masks)
+    res = dict(text=p.text, own_text=p.own_text, target=parse_target(p.own_text), used_fallback=p.used_fallback, masks=masks)
     if out_dir is not None:
         out = Path(out_dir); (out / "masks").mkdir(parents=True, exist_ok=True)
         for t, m in enumerate(masks): Image.fromarray(m * 255).save(out / "masks" / f"{t:05d}.png")
         write_gif(out / "overlay.gif", overlay_frames(clip["frames"], masks))
-        (out / "answer.json").write_text(json.dumps(dict(expression=expression, text=p.text, target=res["target"],
-                                                         used_fallback=p.used_fallback), indent=1) + "\n")
+        (out / "answer.json").write_text(json.dumps(dict(expression=expression, text=p.text, own_text=p.own_text,
+                                                         target=res["target"], used_fallback=p.used_fallback), indent=1) + "\n")
         res["out_dir"] = out
     return res
 
@@ -461,6 +540,7 @@ def print_metrics(m: dict) -> None:
     if m.get("per_cue"): print(pd.DataFrame(m["per_cue"]).T.to_string(float_format=lambda v: f"{v:.3f}"))
     if m.get("timing"): print("  seconds:", m["timing"])
 
+# %% ../nbs/07_evaluate.ipynb #e11evalmainfn
 def eval_main(args: argparse.Namespace) -> int:
     "`aurora-nb eval`: score a saved model (or a reference predictor) on a split; 0 on success, 1 with a message otherwise."
     g = lambda k, d=None: getattr(args, k, d)
@@ -469,26 +549,27 @@ def eval_main(args: argparse.Namespace) -> int:
         if g("predictor") is None and not g("model"): raise ValueError("give --model DIR (or --predictor for a reference predictor)")
         model, overrides = None, list(g("overrides") or [])
         if g("predictor") is None:
-            model = from_pretrained(g("model"), overrides=overrides)
+            model = from_pretrained(g("model"), overrides=overrides, device=g("device") or "auto")  # the run's device unless --device
             cfg = model.config
         else: cfg = get_config(g("preset") or "tiny", overrides, path=g("config"))
         m = evaluate(model, cfg, g("split"), out_dir=g("out"), audio=g("audio") or "real", predictor=g("predictor"),
-                     limit=g("limit"), batch_size=g("batch_size"), data_root=g("data"), progress=True)
+                     limit=g("limit"), batch_size=g("batch_size"), data_root=g("data"), progress=True, device=g("device") or "auto")
     except (FileNotFoundError, RefAVSDataError, ConfigError, ValueError) as e: return _fail("eval", e)
     print_metrics(m)
     if g("out"): print(f"wrote {Path(g('out')) / METRICS_FILE}, {PREDICTIONS_FILE} and {MASK_DIR}/")
     return 0
 
+# %% ../nbs/07_evaluate.ipynb #e11infermainfn
 def infer_main(args: argparse.Namespace) -> int:
     "`aurora-nb infer`: masks and an overlay for one video (or frames + WAV) and an expression; 0 or 1 with a message."
     g = lambda k, d=None: getattr(args, k, d)
     try:
         if (g("video") is None) == (g("frames") is None): raise ValueError("give exactly one of --video FILE or --frames DIR")
         if not g("model"): raise ValueError("give --model DIR")
-        model = from_pretrained(g("model"))
+        model = from_pretrained(g("model"), device=g("device") or "auto")  # the run's device unless --device
         d = model.config.data
         clip = read_user_clip(g("video"), g("frames"), g("audio"), d.num_frames, d.sample_rate, bool(g("allow_silent")))
-        res = infer(model, clip, g("expression"), g("out"))
+        res = infer(model, clip, g("expression"), g("out"), device=g("device") or "auto")
     except (FileNotFoundError, RefAVSDataError, ConfigError, ValueError) as e: return _fail("infer", e)
     print(f"answer: {res['text']}\ntarget: {res['target']}" + ("  ([SEG] fallback appended)" if res["used_fallback"] else ""))
     if g("out"): print(f"wrote {len(res['masks'])} masks to {Path(g('out')) / 'masks'} and {Path(g('out')) / 'overlay.gif'}")

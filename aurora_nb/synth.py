@@ -16,8 +16,9 @@ from typing import Any, Iterator
 # %% auto #0
 __all__ = ['COLOURS', 'CATEGORIES', 'UNSEEN_CATEGORIES', 'SEEN_CATEGORIES', 'CUE_TYPES', 'PITCH_WORDS', 'TIMBRE_WORDS',
            'RHYTHM_WORDS', 'Category', 'shape_mask', 'paint', 'category_sound', 'sounding_gate', 'render_clip',
-           'show_sources', 'Predicate', 'clip_predicates', 'expressions_for', 'null_expressions',
-           'make_synthetic_refavs', 'read_annotations', 'row_objects', 'synthetic_corpus', 'synth_main']
+           'show_sources', 'Predicate', 'visual_predicates', 'spatial_predicates', 'audio_predicates',
+           'temporal_predicates', 'clip_predicates', 'expressions_for', 'null_expressions', 'make_synthetic_refavs',
+           'read_annotations', 'row_objects', 'synthetic_corpus', 'synth_main']
 
 # %% ../nbs/02_synth.ipynb #s2imp2
 import librosa
@@ -214,49 +215,71 @@ class Predicate:
     clause: str  # relative clause: "is a striped square", "makes a clear sound"
     members: frozenset  # fids the phrase is true of
 
-def clip_predicates(objects: list[dict], size: int) -> list[Predicate]:
-    "Every visual, spatial, audio and temporal predicate of a clip's objects."
+def _add(P: list, cue: str, noun: str, clause: str, ids) -> None:
+    "Append a predicate when some object satisfies it."
+    if ids: P.append(Predicate(cue, noun, clause, frozenset(ids)))
+
+def visual_predicates(objects: list[dict]) -> list[Predicate]:
+    "Colour, colour + shape, shape, texture and motion phrases of a clip's objects."
     P, cats = [], {o["fid"]: CATEGORIES[o["category"]] for o in objects}
-    add = lambda cue, noun, clause, ids: P.append(Predicate(cue, noun, clause, frozenset(ids))) if ids else None
     fids = [o["fid"] for o in objects]
     for col in sorted({c.colour for c in cats.values()}):
-        add("visual", f"{col} object", f"is {col}", [f for f in fids if cats[f].colour == col])
+        _add(P, "visual", f"{col} object", f"is {col}", [f for f in fids if cats[f].colour == col])
         for sh in sorted({c.shape for c in cats.values()}):
-            add("visual", f"{col} {sh}", f"is a {col} {sh}", [f for f in fids if (cats[f].colour, cats[f].shape) == (col, sh)])
+            _add(P, "visual", f"{col} {sh}", f"is a {col} {sh}", [f for f in fids if (cats[f].colour, cats[f].shape) == (col, sh)])
     for sh in sorted({c.shape for c in cats.values()}):
-        add("visual", sh, f"is a {sh}", [f for f in fids if cats[f].shape == sh])
+        _add(P, "visual", sh, f"is a {sh}", [f for f in fids if cats[f].shape == sh])
     for tx in sorted({c.texture for c in cats.values()}):
-        add("visual", f"{tx} object", f"is {tx}", [f for f in fids if cats[f].texture == tx])
-    add("visual", "moving object", "is moving", [o["fid"] for o in objects if o["moving"]])
-    add("visual", "still object", "stays still", [o["fid"] for o in objects if not o["moving"]])
+        _add(P, "visual", f"{tx} object", f"is {tx}", [f for f in fids if cats[f].texture == tx])
+    _add(P, "visual", "moving object", "is moving", [o["fid"] for o in objects if o["moving"]])
+    _add(P, "visual", "still object", "stays still", [o["fid"] for o in objects if not o["moving"]])
+    return P
+
+def spatial_predicates(objects: list[dict], size: int) -> list[Predicate]:
+    "Position phrases from the objects' mean centre over the clip: extremes (clear by 12 % of the frame) and halves."
+    P, fids = [], [o["fid"] for o in objects]
     mx = {o["fid"]: float(np.mean([c[0] for c in o["centers"]])) for o in objects}
     my = {o["fid"]: float(np.mean([c[1] for c in o["centers"]])) for o in objects}
-    margin = 0.12 * size
     for name, key, sign in [("leftmost object", mx, 1), ("rightmost object", mx, -1), ("object closest to the top", my, 1), ("object closest to the bottom", my, -1)]:
         order = sorted(fids, key=lambda f: sign * key[f])
-        if len(order) == 1 or sign * (key[order[1]] - key[order[0]]) > margin: add("spatial", name, "is the " + name, [order[0]])
+        if len(order) == 1 or sign * (key[order[1]] - key[order[0]]) > 0.12 * size: _add(P, "spatial", name, "is the " + name, [order[0]])
     for name, key, lo in [("object on the left", mx, True), ("object on the right", mx, False), ("object in the upper half", my, True), ("object in the lower half", my, False)]:
-        add("spatial", name, "is " + name.split("object ", 1)[1], [f for f in fids if (key[f] < 0.45 * size if lo else key[f] > 0.55 * size)])
+        _add(P, "spatial", name, "is " + name.split("object ", 1)[1], [f for f in fids if (key[f] < 0.45 * size if lo else key[f] > 0.55 * size)])
+    return P
+
+# %% ../nbs/02_synth.ipynb #s2preds2
+def audio_predicates(objects: list[dict]) -> list[Predicate]:
+    "Sound phrases (pitch, timbre, rhythm words, alone and in pairs), true only of objects that actually sound."
+    P, cats = [], {o["fid"]: CATEGORIES[o["category"]] for o in objects}
     snd = [o for o in objects if o["sounding"]]
-    words = {f: (PITCH_WORDS[cats[f].pitch_class], TIMBRE_WORDS[cats[f].timbre], RHYTHM_WORDS[cats[f].rhythm]) for f in fids}
-    add("audio", "object making a sound", "is making a sound", [o["fid"] for o in snd])
-    add("audio", "silent object", "never makes a sound", [o["fid"] for o in objects if not o["sounding"]])
+    words = {o["fid"]: (PITCH_WORDS[cats[o["fid"]].pitch_class], TIMBRE_WORDS[cats[o["fid"]].timbre], RHYTHM_WORDS[cats[o["fid"]].rhythm]) for o in objects}
+    _add(P, "audio", "object making a sound", "is making a sound", [o["fid"] for o in snd])
+    _add(P, "audio", "silent object", "never makes a sound", [o["fid"] for o in objects if not o["sounding"]])
     for i, j in [(0, None), (1, None), (2, None), (0, 1), (0, 2), (1, 2)]:
         for w in sorted({(words[o["fid"]][i], words[o["fid"]][j] if j is not None else None) for o in snd}):
             phrase = w[0] if w[1] is None else f"{w[0]}, {w[1]}"
-            add("audio", f"object making a {phrase} sound", f"makes a {phrase} sound",
-                [o["fid"] for o in snd if words[o["fid"]][i] == w[0] and (j is None or words[o["fid"]][j] == w[1])])
-    if snd:
-        on = {o["fid"]: o["sounding"][0][0] for o in snd}; dur = {o["fid"]: sum(e - s for s, e in o["sounding"]) for o in snd}
-        T = len(objects[0]["centers"])
-        add("temporal", "object that starts sounding first", "starts sounding first", [f for f in on if on[f] == min(on.values())])
-        add("temporal", "last object to start sounding", "is the last to start sounding", [f for f in on if on[f] == max(on.values())] if len(on) > 1 else [])
-        add("temporal", "object sounding at the very start", "is sounding at the very start", [o["fid"] for o in snd if o["sounding"][0][0] == 0])
-        add("temporal", "object still sounding at the end", "is still sounding at the end", [o["fid"] for o in snd if o["sounding"][-1][1] == T])
-        add("temporal", "object that sounds the longest", "sounds the longest", [f for f in dur if dur[f] == max(dur.values())] if len(dur) > 1 else [])
-        add("temporal", "object that sounds twice", "sounds twice", [o["fid"] for o in snd if len(o["sounding"]) == 2])
-        add("temporal", "object that stays silent for the first half", "stays silent for the first half", [f for f in on if on[f] >= T // 2])
+            _add(P, "audio", f"object making a {phrase} sound", f"makes a {phrase} sound",
+                 [o["fid"] for o in snd if words[o["fid"]][i] == w[0] and (j is None or words[o["fid"]][j] == w[1])])
     return P
+
+def temporal_predicates(objects: list[dict]) -> list[Predicate]:
+    "Phrases about when objects sound: first / last to start, at the start or the end, the longest, twice, late."
+    P, snd = [], [o for o in objects if o["sounding"]]
+    if not snd: return P
+    on = {o["fid"]: o["sounding"][0][0] for o in snd}; dur = {o["fid"]: sum(e - s for s, e in o["sounding"]) for o in snd}
+    T = len(objects[0]["centers"])
+    _add(P, "temporal", "object that starts sounding first", "starts sounding first", [f for f in on if on[f] == min(on.values())])
+    _add(P, "temporal", "last object to start sounding", "is the last to start sounding", [f for f in on if on[f] == max(on.values())] if len(on) > 1 else [])
+    _add(P, "temporal", "object sounding at the very start", "is sounding at the very start", [o["fid"] for o in snd if o["sounding"][0][0] == 0])
+    _add(P, "temporal", "object still sounding at the end", "is still sounding at the end", [o["fid"] for o in snd if o["sounding"][-1][1] == T])
+    _add(P, "temporal", "object that sounds the longest", "sounds the longest", [f for f in dur if dur[f] == max(dur.values())] if len(dur) > 1 else [])
+    _add(P, "temporal", "object that sounds twice", "sounds twice", [o["fid"] for o in snd if len(o["sounding"]) == 2])
+    _add(P, "temporal", "object that stays silent for the first half", "stays silent for the first half", [f for f in on if on[f] >= T // 2])
+    return P
+
+def clip_predicates(objects: list[dict], size: int) -> list[Predicate]:
+    "Every visual, spatial, audio and temporal predicate of a clip's objects (in that order)."
+    return visual_predicates(objects) + spatial_predicates(objects, size) + audio_predicates(objects) + temporal_predicates(objects)
 
 # %% ../nbs/02_synth.ipynb #s2express
 def _cap(s: str) -> str: return s[0].upper() + s[1:] + "."
@@ -330,6 +353,101 @@ def _pick_categories(rng: np.random.Generator, k: int, split: str, deck: dict) -
         out = rng.permutation(out).tolist()
     return out
 
+# %% ../nbs/02_synth.ipynb #s2plan2
+def _plan_clips(rng: np.random.Generator, n_videos: int, todo_videos: int, objects: tuple[int, int], n_null_test: int,
+                null_fraction: float) -> tuple[list[str], list[dict], list[dict]]:
+    "Clip ids, the normal clips (split, categories) and the null folders (source clip, split, kind c or m), drawn in a fixed order."
+    plan = _split_plan(n_videos) + ["TODO"] * todo_videos
+    vids: list[str] = []
+    while len(vids) < len(plan):
+        v = _vid(rng)
+        if v not in vids: vids.append(v)
+    deck: dict = {}
+    videos = [dict(vid=v, split=s, cats=_pick_categories(rng, int(rng.integers(objects[0], objects[1] + 1)), s, deck)) for v, s in zip(vids, plan)]
+    nulls = []  # test_n from test_s clips, plus a share of train and val clips
+    test_s = [v for v in videos if v["split"] == "test_s"]
+    for i in range(n_null_test): nulls.append(dict(src=test_s[i % len(test_s)], split="test_n", kind="cm"[i % 2]))
+    for sp in ("train", "val"):
+        vs = [v for v in videos if v["split"] == sp]
+        for i, v in enumerate(vs[: max(1, round(len(vs) * null_fraction))] if null_fraction > 0 else []): nulls.append(dict(src=v, split=sp, kind="cm"[(i + (sp == "val")) % 2]))
+    return vids, videos, nulls
+
+# %% ../nbs/02_synth.ipynb #s2rows
+def _clip_rows(crng: np.random.Generator, objs: list[dict], folder: str, size: int, frames_n: int, per_object: int,
+               dup_left: int) -> tuple[list[dict], int]:
+    "Rows of a clip: per object, `per_object` expressions of distinct cue types, preferring wording that needs the audio; while `dup_left`, one extra row reuses a uid."
+    preds = clip_predicates(objs, size)
+    loud = clip_predicates([dict(o, sounding=[[0, frames_n]]) for o in objs], size)  # as if every object sounded all the time
+    rows = []
+    for o in objs:
+        ex, ex_loud = expressions_for(preds, o["fid"]), expressions_for(loud, o["fid"])
+        need = {c: [e for e in ex[c] if e not in ex_loud[c]] for c in ex}  # resolvable only by listening
+        cues = [c for c in CUE_TYPES[:5] if ex[c]]
+        w = np.array([{"audio": 3, "visual": 2, "temporal": 2, "spatial": 2, "mixed": 3}[c] * (1 if need[c] or c in ("visual", "spatial") else 0.3) for c in cues], float)
+        order = crng.choice(len(cues), len(cues), replace=False, p=w / w.sum()).tolist()
+        n_rows = per_object + (1 if dup_left > 0 and len(order) > per_object else 0)
+        for j, ci in enumerate(order[:n_rows]):
+            k = min(j + 1, per_object)  # the extra row reuses the last uid: a duplicate, as in the real CSV
+            e = str(crng.choice(need[cues[ci]] or ex[cues[ci]]))  # prefer wording that needs the audio track
+            rows.append(dict(uid=f"{folder}_{o['category']}_{k}", fid=o["fid"], category=o["category"], cue=cues[ci], target=o["fid"],
+                             expression=e, audio_required=e in need[cues[ci]]))
+        if n_rows > per_object: dup_left -= 1
+    return rows, dup_left
+
+# %% ../nbs/02_synth.ipynb #s2units
+def _write_clip(root: Path, u: dict, crng: np.random.Generator, s: dict, ann: dict, dup_left: int) -> int:
+    "Render, write and annotate one normal clip (`s`: the generator's settings); returns the duplicate uids still to make."
+    frames, masks, audio, objs = render_clip(crng, u["cats"], s["size"], s["frames_n"], s["render_sr"], s["move_prob"])
+    u["frames"], u["masks"], u["objs"] = frames, masks, objs
+    folder = u["vid"]
+    _write_media(root, folder, frames, audio, s["render_sr"], s["sample_rate"], s["channels"], s["quality"], s["subtype"])
+    for o in objs: _write_masks(root, folder, o["fid"], masks[o["fid"]])
+    ann["clips"][folder] = dict(vid=u["vid"], split=u["split"], is_null=False, null_kind=None, source_vid=None, size=[s["size"]] * 2, objects=objs,
+                                heard=[o["category"] for o in objs if o["sounding"]])
+    test_u = u["split"] == "test_u"  # duplicates go to test_u, as in the real CSV
+    rows, left = _clip_rows(crng, objs, folder, s["size"], s["frames_n"], s["per_object"], dup_left if test_u else 0)
+    for r in rows: ann["rows"].append(dict(vid=u["vid"], split=u["split"], folder=folder, **r))
+    return left if test_u else dup_left
+
+def _write_null(root: Path, u: dict, crng: np.random.Generator, s: dict, ann: dict, seed: int, vids: list[str]) -> None:
+    "Write and annotate one null folder: the source clip's frames, cross-clip (c) or muted (m) audio, empty masks."
+    src = u["src"]; folder = f"null_{u['kind']}-{src['vid']}"
+    if "frames" not in src:  # source clip not rendered yet: render it the same way (same seed)
+        src["frames"], src["masks"], _, src["objs"] = render_clip(np.random.default_rng([seed, vids.index(src["vid"]), 0]), src["cats"], s["size"], s["frames_n"], s["render_sr"], s["move_prob"])
+    objs = [dict(o, sounding=[]) for o in src["objs"]]
+    absent = [c for c in CATEGORIES if c not in src["cats"]]
+    heard = crng.choice(absent, 2, replace=False).tolist() if u["kind"] == "c" else []
+    audio, sources, T, sr = 0.003 * crng.standard_normal(s["frames_n"] * s["render_sr"]).astype(np.float32), [], s["frames_n"], s["render_sr"]
+    for h in heard:
+        iv = _sounding_intervals(crng, T) or [[0, T]]
+        audio += 0.25 * category_sound(CATEGORIES[h], sr, T, crng) * sounding_gate(iv, sr, T)
+        sources.append(dict(category=h, sounding=iv))
+    _write_media(root, folder, src["frames"], np.clip(audio, -1, 1), sr, s["null_sr"], s["null_channels"], s["quality"], s["subtype"])
+    _write_masks(root, folder, 0, np.zeros_like(src["masks"][0]))
+    ann["clips"][folder] = dict(vid=src["vid"], split=u["split"], is_null=True, null_kind=u["kind"], source_vid=src["vid"], size=[s["size"]] * 2,
+                                objects=objs, heard=heard, audio_sources=sources)
+    exprs = null_expressions(objs, heard)
+    n = int(crng.integers(2, 5)) if u["split"] == "test_n" else int(crng.integers(1, 3))
+    for k, e in enumerate(crng.choice(exprs, min(n, len(exprs)), replace=False).tolist(), 1):
+        ann["rows"].append(dict(vid=src["vid"], split=u["split"], folder=folder, uid=f"{folder}_null_{k}", fid=0, category="null", cue="null", target=None, expression=e, audio_required=None))
+
+# %% ../nbs/02_synth.ipynb #s2csv
+def _prepare_root(root: Path, overwrite: bool) -> None:
+    "Create `root`; a non-empty one is refused unless `overwrite`, which removes the benchmark in it."
+    if root.exists() and any(root.iterdir()):
+        if not overwrite: raise FileExistsError(f"{root}: folder is not empty (pass overwrite=True to replace the benchmark in it)")
+        for p in ("media", "gt_mask"): shutil.rmtree(root / p, ignore_errors=True)
+        for p in ("metadata.csv", "annotations.json"): (root / p).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+
+def _write_tables(root: Path, ann: dict) -> None:
+    "metadata.csv (one row per expression, in annotation order) and the sidecar annotations.json, rows indexed by CSV row."
+    for i, r in enumerate(ann["rows"]): r["row"] = i
+    with open(root / "metadata.csv", "w", newline="") as f:
+        f.write(",".join(CSV_COLUMNS) + "\n")
+        for r in ann["rows"]: f.write(f"{r['vid']},{r['uid']},{r['split']},{r['fid']},\"{r['expression']}\"\n")
+    (root / "annotations.json").write_text(json.dumps(ann, sort_keys=True, separators=(",", ":")) + "\n")
+
 # %% ../nbs/02_synth.ipynb #s2make
 def make_synthetic_refavs(root: str | Path,  # output folder (created; must be empty unless overwrite)
                           n_videos: int = 16,  # normal clips (null folders and the TODO clip come on top)
@@ -352,88 +470,23 @@ def make_synthetic_refavs(root: str | Path,  # output folder (created; must be e
                           progress: bool = False,  # tqdm bar over the clips
                          ) -> dict[str, Any]:
     "Write a synthetic Ref-AVS benchmark (metadata.csv, media/, gt_mask/, annotations.json) into `root`; returns the annotations."
-    root = Path(root); frames_n = 10
-    if root.exists() and any(root.iterdir()):
-        if not overwrite: raise FileExistsError(f"{root}: folder is not empty (pass overwrite=True to replace the benchmark in it)")
-        for p in ("media", "gt_mask"): shutil.rmtree(root / p, ignore_errors=True)
-        for p in ("metadata.csv", "annotations.json"): (root / p).unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
-    null_sr = null_sample_rate or sample_rate; render_sr = 16000
+    root = Path(root); _prepare_root(root, overwrite)
+    s = dict(size=size, frames_n=10, render_sr=16000, move_prob=move_prob, sample_rate=sample_rate, channels=channels, quality=jpeg_quality,
+             subtype=audio_subtype, null_sr=null_sample_rate or sample_rate, null_channels=null_channels, per_object=expressions_per_object)
     rng = np.random.default_rng(seed)
-    plan = _split_plan(n_videos) + ["TODO"] * todo_videos
     n_null_test = max(1, round(n_videos / 8)) if n_null_test is None else n_null_test
-    vids: list[str] = []
-    while len(vids) < len(plan):
-        v = _vid(rng)
-        if v not in vids: vids.append(v)
-    deck: dict = {}
-    videos = [dict(vid=v, split=s, cats=_pick_categories(rng, int(rng.integers(objects[0], objects[1] + 1)), s, deck)) for v, s in zip(vids, plan)]
-    # null folders: test_n from test_s clips, plus a share of train and val clips
-    nulls = []
-    test_s = [v for v in videos if v["split"] == "test_s"]
-    for i in range(n_null_test): nulls.append(dict(src=test_s[i % len(test_s)], split="test_n", kind="cm"[i % 2]))
-    for sp in ("train", "val"):
-        vs = [v for v in videos if v["split"] == sp]
-        for i, v in enumerate(vs[: max(1, round(len(vs) * null_fraction))] if null_fraction > 0 else []): nulls.append(dict(src=v, split=sp, kind="cm"[(i + (sp == "val")) % 2]))
-    ann: dict[str, Any] = dict(version=1, seed=seed, generator=dict(n_videos=n_videos, size=size, objects=list(objects), sample_rate=sample_rate,
-                               channels=channels, null_sample_rate=null_sr, null_channels=null_channels, audio_subtype=audio_subtype, expressions_per_object=expressions_per_object),
-                               categories={n: asdict(c) | {"pitch_class": c.pitch_class, "seen": n in SEEN_CATEGORIES} for n, c in CATEGORIES.items()},
-                               clips={}, rows=[])
+    vids, videos, nulls = _plan_clips(rng, n_videos, todo_videos, objects, n_null_test, null_fraction)
+    gen = dict(n_videos=n_videos, size=size, objects=list(objects), sample_rate=sample_rate, channels=channels, null_sample_rate=s["null_sr"],
+               null_channels=null_channels, audio_subtype=audio_subtype, expressions_per_object=expressions_per_object)
+    ann: dict[str, Any] = dict(version=1, seed=seed, generator=gen, clips={}, rows=[],
+                               categories={n: asdict(c) | {"pitch_class": c.pitch_class, "seen": n in SEEN_CATEGORIES} for n, c in CATEGORIES.items()})
     units = [("video", v) for v in videos] + [("null", n) for n in nulls]
-    units = [units[i] for i in rng.permutation(len(units))]  # CSV order mixes splits, as the real file does
-    dup_left = duplicate_uids
+    units, dup_left = [units[i] for i in rng.permutation(len(units))], duplicate_uids  # CSV order mixes splits, as the real file does
     for kind, u in tqdm(units, desc="synth", disable=not progress, unit="clip"):
         crng = np.random.default_rng([seed, vids.index(u["vid"] if kind == "video" else u["src"]["vid"]), 0 if kind == "video" else 1])
-        if kind == "video":
-            frames, masks, audio, objs = render_clip(crng, u["cats"], size, frames_n, render_sr, move_prob)
-            u["frames"], u["masks"], u["objs"] = frames, masks, objs
-            folder = u["vid"]
-            _write_media(root, folder, frames, audio, render_sr, sample_rate, channels, jpeg_quality, audio_subtype)
-            for o in objs: _write_masks(root, folder, o["fid"], masks[o["fid"]])
-            ann["clips"][folder] = dict(vid=u["vid"], split=u["split"], is_null=False, null_kind=None, source_vid=None, size=[size, size], objects=objs, heard=[o["category"] for o in objs if o["sounding"]])
-            preds = clip_predicates(objs, size)
-            loud = clip_predicates([dict(o, sounding=[[0, frames_n]]) for o in objs], size)  # as if every object sounded all the time
-            rows = []
-            for o in objs:
-                ex, ex_loud = expressions_for(preds, o["fid"]), expressions_for(loud, o["fid"])
-                need = {c: [e for e in ex[c] if e not in ex_loud[c]] for c in ex}  # resolvable only by listening
-                cues = [c for c in CUE_TYPES[:5] if ex[c]]
-                w = np.array([{"audio": 3, "visual": 2, "temporal": 2, "spatial": 2, "mixed": 3}[c] * (1 if need[c] or c in ("visual", "spatial") else 0.3) for c in cues], float)
-                order = crng.choice(len(cues), len(cues), replace=False, p=w / w.sum()).tolist()
-                n_rows = expressions_per_object + (1 if dup_left > 0 and u["split"] == "test_u" and len(order) > expressions_per_object else 0)
-                for j, ci in enumerate(order[:n_rows]):
-                    k = min(j + 1, expressions_per_object)  # the extra row reuses the last uid: a duplicate, as in the real CSV
-                    e = str(crng.choice(need[cues[ci]] or ex[cues[ci]]))  # prefer wording that needs the audio track
-                    rows.append(dict(uid=f"{folder}_{o['category']}_{k}", fid=o["fid"], category=o["category"], cue=cues[ci], target=o["fid"],
-                                     expression=e, audio_required=e in need[cues[ci]]))
-                if n_rows > expressions_per_object: dup_left -= 1
-            for r in rows: ann["rows"].append(dict(vid=u["vid"], split=u["split"], folder=folder, **r))
-        else:
-            src = u["src"]; folder = f"null_{u['kind']}-{src['vid']}"
-            if "frames" not in src:  # source clip not rendered yet: render it the same way (same seed)
-                src["frames"], src["masks"], _, src["objs"] = render_clip(np.random.default_rng([seed, vids.index(src["vid"]), 0]), src["cats"], size, frames_n, render_sr, move_prob)
-            objs = [dict(o, sounding=[]) for o in src["objs"]]
-            absent = [c for c in CATEGORIES if c not in src["cats"]]
-            heard = crng.choice(absent, 2, replace=False).tolist() if u["kind"] == "c" else []
-            audio = 0.003 * crng.standard_normal(frames_n * render_sr).astype(np.float32)
-            sources = []
-            for h in heard:
-                iv = _sounding_intervals(crng, frames_n) or [[0, frames_n]]
-                audio += 0.25 * category_sound(CATEGORIES[h], render_sr, frames_n, crng) * sounding_gate(iv, render_sr, frames_n)
-                sources.append(dict(category=h, sounding=iv))
-            _write_media(root, folder, src["frames"], np.clip(audio, -1, 1), render_sr, null_sr, null_channels, jpeg_quality, audio_subtype)
-            _write_masks(root, folder, 0, np.zeros_like(src["masks"][0]))
-            ann["clips"][folder] = dict(vid=src["vid"], split=u["split"], is_null=True, null_kind=u["kind"], source_vid=src["vid"], size=[size, size],
-                                        objects=objs, heard=heard, audio_sources=sources)
-            exprs = null_expressions(objs, heard)
-            n = int(crng.integers(2, 5)) if u["split"] == "test_n" else int(crng.integers(1, 3))
-            for k, e in enumerate(crng.choice(exprs, min(n, len(exprs)), replace=False).tolist(), 1):
-                ann["rows"].append(dict(vid=src["vid"], split=u["split"], folder=folder, uid=f"{folder}_null_{k}", fid=0, category="null", cue="null", target=None, expression=e, audio_required=None))
-    for i, r in enumerate(ann["rows"]): r["row"] = i
-    with open(root / "metadata.csv", "w", newline="") as f:
-        f.write(",".join(CSV_COLUMNS) + "\n")
-        for r in ann["rows"]: f.write(f"{r['vid']},{r['uid']},{r['split']},{r['fid']},\"{r['expression']}\"\n")
-    (root / "annotations.json").write_text(json.dumps(ann, sort_keys=True, separators=(",", ":")) + "\n")
+        if kind == "video": dup_left = _write_clip(root, u, crng, s, ann, dup_left)
+        else: _write_null(root, u, crng, s, ann, seed, vids)
+    _write_tables(root, ann)
     return ann
 
 # %% ../nbs/02_synth.ipynb #s2read

@@ -1,5 +1,8 @@
-"""Ref-AVS reader, audio/video decoding and the dataset validator (aurora_nb.data) on small generated benchmarks."""
+"""Ref-AVS reader, audio/video decoding and the dataset validator (aurora_nb.data) on small generated benchmarks,
+and on a few rows of the released metadata.csv (tests/fixtures/refavs_real_rows)."""
 import shutil
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,10 +12,12 @@ import torch
 from PIL import Image
 
 from aurora_nb.cli import main as aurora_nb_main
-from aurora_nb.data import (SPLITS, RefAVSDataError, RefAVSDataset, category_from_uid, collate_clips,
-                            folder_from_uid, load_audio, load_video_clip, read_metadata, read_samples, validate_refavs,
-                            whisper_log_mel, write_video_clip)
+from aurora_nb.data import (SPLITS, RefAVSDataError, RefAVSDataWarning, RefAVSDataset, category_from_uid, collate_clips,
+                            folder_from_uid, load_audio, load_video_clip, read_metadata, read_samples, row_warnings,
+                            validate_refavs, whisper_log_mel, write_video_clip)
 from aurora_nb.synth import make_synthetic_refavs
+
+REAL_ROWS = Path(__file__).parent / "fixtures" / "refavs_real_rows"  # 10 rows of the released metadata.csv (see fixtures/README.md)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,9 @@ def test_loader_every_split(real_format):
         assert [s.index for s in ds.samples] == list(range(len(ds)))  # the evaluator's key: position in the split
         last = ds[len(ds) - 1]
         assert last["index"] == len(ds) - 1 and last["row"] == ds.samples[-1].row and item["index"] == 0
-    assert [s.index for s in read_samples(real_format)] == meta.groupby("split").cumcount().tolist()  # all rows
+    with pytest.warns(RefAVSDataWarning, match="TODO"):  # every row, the TODO ones included (they are read, with a warning)
+        everything = read_samples(real_format)
+    assert [s.index for s in everything] == meta.groupby("split").cumcount().tolist()  # all rows
 
 
 def test_real_audio_formats_become_16k_mono(real_format):
@@ -93,7 +100,7 @@ def test_null_folder_rule(real_format):
         assert (real_format / "media" / s.vid).is_dir()  # the source clip exists ...
     item = ds[0]
     assert item["folder"] != item["vid"] and item["masks"].sum() == 0  # ... but the row reads its own, empty, folder
-    src = read_samples(real_format)[0]
+    src = read_samples(real_format, "train")[0]
     assert src.mask_paths(real_format)[0].parts[-3] == src.folder
 
 
@@ -288,3 +295,41 @@ def test_check_data_cli_exit_codes(small, broken, capsys):
     assert "audio.wav" in out and "FAILED" in out
     with pytest.raises(SystemExit) as e: check()
     assert e.value.code == 2
+
+
+def test_real_rows_read_as_the_official_loader_reads_them():
+    meta = read_metadata(REAL_ROWS)
+    assert len(meta) == 10 and meta.split.value_counts().to_dict() == {"test_s": 3, "train": 3, "TODO": 2, "val": 1, "test_n": 1}
+    assert meta.exp[5] == "The object making loudest sound "  # kept verbatim (trailing space)
+    assert meta.uid[3] == meta.uid[8] and meta.fid[3] != meta.fid[8]  # a uid repeated in test_s, another object
+    ts = read_samples(REAL_ROWS, "test_s")
+    assert [s.row for s in ts] == [3, 8, 9] and [s.index for s in ts] == [0, 1, 2]  # both duplicates are rows
+    null = read_samples(REAL_ROWS, "test_n")[0]
+    assert null.folder == "null_c--cLOg0sQ0Zo_420000_430000" and null.category == "null" and null.vid != null.folder
+
+
+def test_real_rows_warn_about_todo_rows_and_the_error_message():
+    w = row_warnings(read_metadata(REAL_ROWS))
+    assert [(r, k) for r, k, _ in w] == [(2, "not-a-sentence"), (4, "outside-splits"), (5, "outside-splits")]
+    assert "[Error]" in w[0][2] and "expected a plain sentence" in w[0][2] and "expected one of train" in w[1][2]
+    with pytest.warns(RefAVSDataWarning, match=r"metadata.csv: row 2: expression '\[Error\]"):
+        train = read_samples(REAL_ROWS, "train")
+    assert len(train) == 3  # a warning, not a filter: the row is still read
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the curly apostrophe, the stray `_` and the trailing space are sentences
+        read_samples(REAL_ROWS, "test_s"); read_samples(REAL_ROWS, "val")
+    rep = validate_refavs(REAL_ROWS, progress=False)
+    assert rep.warning_counts() == {"not-a-sentence": 1, "outside-splits": 2}
+    assert [w.row for w in rep.warnings] == [2, 4, 5] and all(w.path.endswith("metadata.csv") for w in rep.warnings)
+    assert rep.warning_summary().startswith("3 warning(s)") and "unknown-split" not in rep.counts()  # TODO is not an unknown split
+    assert "warning" not in rep.summary()  # the problems' summary line is unchanged (the pipeline prints it)
+
+
+def test_check_data_prints_warnings_without_failing(small, capsys):
+    assert aurora_nb_main(["check-data", str(REAL_ROWS), "--no-progress"]) == 1  # no media: problems
+    out = capsys.readouterr().out
+    assert "warning [not-a-sentence]" in out and "(row 2)" in out and "warning [outside-splits]" in out
+    assert aurora_nb_main(["check-data", str(small), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    n_todo = int((read_metadata(small).split == "TODO").sum())
+    assert out.count("warning [outside-splits]") == n_todo and "OK" in out and (f"{n_todo} warning(s)" in out) == (n_todo > 0)

@@ -1,7 +1,10 @@
-"""Evaluation: evaluate == score_split on the same masks, the reference predictors' official J/F/S, resume equality,
-re-scoring from the stored PNGs, the audio probe, infer on an MP4 and on frames + WAV, and clear CLI errors."""
+"""Evaluation: evaluate == score_split on the model's own logits (the stored cells are exact at every threshold of
+every preset), the reference predictors' official J/F/S, resume equality, re-scoring from the stored PNGs, the
+right-class rate read from the model's own words, the device rule, the audio probe, infer on an MP4 and on
+frames + WAV, and clear CLI errors."""
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,11 +13,12 @@ import torch
 from PIL import Image
 
 import aurora_nb.evaluate as E
+import aurora_nb.model
 from aurora_nb.cot import build_messages
 from aurora_nb.config import ConfigError, get_config
 from aurora_nb.data import RefAVSDataset, write_video_clip
-from aurora_nb.metrics import resize_logits, score_split
-from aurora_nb.model import build_model, save_pretrained
+from aurora_nb.metrics import F_THRESHOLDS, resize_logits, score_split, threshold_buckets
+from aurora_nb.model import Prediction, build_model, save_pretrained
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +43,13 @@ def test_s(cfg):
 
 def eval_args(**kw):
     a = dict(model=None, split="test_s", data=None, out=None, audio="real", predictor=None, limit=None, batch_size=None,
-             preset="tiny", config=None, overrides=[])
+             preset="tiny", config=None, overrides=[], device=None)
     return argparse.Namespace(**{**a, **kw})
 
 
 def infer_args(**kw):
     a = dict(model=None, video=None, frames=None, audio=None, expression="The object that sounds.", out=None,
-             allow_silent=False)
+             allow_silent=False, device=None)
     return argparse.Namespace(**{**a, **kw})
 
 
@@ -53,6 +57,107 @@ def test_parse_target():
     assert E.parse_target("Sounds high. The target is bell. It is bell [SEG].") == "bell"
     assert E.parse_target("It is hair-dryer [SEG].") == "hair-dryer"
     assert E.parse_target("It is [SEG].") is None and E.parse_target("") is None
+
+
+class Placed(Exception):
+    "Raised by a stand-in `run_device`: the loader went through `place`."
+
+
+def _placed(device=None): raise Placed(device)
+
+
+class StubModel(torch.nn.Linear):
+    "Stands in for an AuroraModel where `predict` is patched: a module (so `place` can move it) with a config."
+    def __init__(self, cfg):
+        super().__init__(1, 1)
+        self.config = cfg
+
+
+def stub_predict(answer, prob=None):
+    "A `predict` stand-in: every row answers `answer(item)` (own words, text) and predicts σ = prob everywhere (GT where None)."
+    def predict(model, items, max_new_tokens=None, build_messages=None, **kw):
+        out = []
+        for it in items:
+            own, text = answer(it)
+            x = (torch.from_numpy(it["masks"]).float() * 60 - 30 if prob is None
+                 else torch.full(it["masks"].shape, math.log(prob / (1 - prob))))
+            out.append(Prediction(text=text, used_fallback=own != text, mask_logits=x.float(), seg_embedding=torch.zeros(4),
+                                  generated=own if own != text else None))
+        return out
+    return predict
+
+
+def test_stored_cells_keep_every_decision_of_every_preset():
+    eps = 1e-6
+    ps = [0.5005, 0.4 - eps, 0.4, 0.4 + eps, 0.5 - eps, 0.5, 0.5 + eps]
+    ps += [t + d for t in F_THRESHOLDS[1:-1].tolist() for d in (-eps, 0.0, eps)]
+    x = torch.log(torch.tensor(ps, dtype=torch.float64) / (1 - torch.tensor(ps, dtype=torch.float64))).float()
+    x = torch.cat([x, F_THRESHOLDS, F_THRESHOLDS - eps, F_THRESHOLDS + eps, torch.tensor([0.0, -30.0, 30.0, -1e-30, 1e-30])])
+    x = x.view(1, 1, -1)
+    back = E.cells_to_logits(E.logits_to_cells(x))
+    for t in (0.4, 0.5):
+        assert torch.equal(torch.sigmoid(back) > t, torch.sigmoid(x) > t), t  # J (0.4, 0.5) and S (0.5)
+    assert torch.equal(threshold_buckets(torch.sigmoid(back)), threshold_buckets(torch.sigmoid(x)))  # F on sigmoid
+    assert torch.equal(threshold_buckets(back), threshold_buckets(x))  # F on raw logits (aurora_code)
+    assert bool(torch.sigmoid(back)[0, 0, 0] > 0.5)  # p = 0.5005 stays foreground
+
+
+def test_stored_cells_score_like_the_raw_logits(test_s):
+    _, items = test_s
+    gts = [it["masks"] for it in items]
+    g = torch.Generator().manual_seed(3)
+    soft = [torch.randn(10, 256, 256, generator=g) * 1.5 for _ in gts]
+    stored = [E.cells_to_logits(E.logits_to_cells(x)) for x in soft]
+    for proto in ("official", "per_expression", "aurora_code", "avsbench"):
+        kw = {} if proto == "official" else dict(size=256)
+        a, b = score_split(soft, gts, protocol=proto, **kw), score_split(stored, gts, protocol=proto, **kw)
+        assert (a["J"], a["F"]) == (b["J"], b["F"]), proto
+    null = [torch.full((10, 256, 256), math.log(0.5005 / 0.4995)) for _ in range(4)]
+    assert score_split([E.cells_to_logits(E.logits_to_cells(x)) for x in null], None, null=True)["S"] == 1.0
+
+
+def test_evaluate_scores_s_and_the_0_5_threshold_exactly(cfg, monkeypatch):
+    monkeypatch.setattr(E, "predict", stub_predict(lambda it: ("It is [SEG].",) * 2, prob=0.5005))
+    m = E.evaluate(StubModel(cfg), cfg, "test_n")
+    assert m["S"] == 1.0  # every pixel has σ = 0.5005 > 0.5: the whole frame is foreground
+    monkeypatch.setattr(E, "predict", stub_predict(lambda it: ("It is [SEG].",) * 2, prob=0.4995))
+    assert E.evaluate(StubModel(cfg), cfg, "test_n")["S"] == 0.0
+    aur = get_config("tiny", ["eval.max_new_tokens=4", "eval.protocol=aurora_code"])
+    monkeypatch.setattr(E, "predict", stub_predict(lambda it: ("It is [SEG].",) * 2, prob=0.5005))
+    got = E.evaluate(StubModel(aur), aur, "test_s")
+    ds = RefAVSDataset.from_config(aur.data, "test_s")
+    gts = [ds[i]["masks"] for i in range(len(ds))]
+    want = score_split([torch.full(g.shape, math.log(0.5005 / 0.4995)) for g in gts], gts, protocol="aurora_code")
+    assert got["J"] == want["J"] / 100 and got["F"] == want["F"] and got["fg_share"] == 1.0
+
+
+def test_right_class_rate_reads_the_models_own_words(cfg, monkeypatch):
+    def cut(it):  # the answer names the right class but is cut off before the period; the fallback is appended
+        own = f"The sound is low. The target is {it['category']}"
+        return own, own + " It is [SEG]."
+    monkeypatch.setattr(E, "predict", stub_predict(cut))
+    m = E.evaluate(StubModel(cfg), cfg, "test_s")
+    assert m["right_class_rate"] == 0.0 and m["n_parse_failures"] == m["n_rows"] == m["n_fallbacks"]
+    def done(it):
+        own = f"The sound is low. The target is {it['category']}. It is [SEG]."
+        return own, own
+    monkeypatch.setattr(E, "predict", stub_predict(done))
+    m = E.evaluate(StubModel(cfg), cfg, "test_s")
+    assert m["right_class_rate"] == 1.0 and m["n_parse_failures"] == 0 == m["n_fallbacks"]
+
+
+def test_eval_and_infer_place_the_model(cfg, tiny, test_s, tmp_path, monkeypatch):
+    _, d = tiny
+    monkeypatch.setattr(aurora_nb.model, "run_device", _placed)
+    with pytest.raises(Placed) as e: E.eval_main(eval_args(model=str(d), limit=1))
+    assert e.value.args == ("auto",)
+    with pytest.raises(Placed) as e: E.eval_main(eval_args(model=str(d), limit=1, device="cpu"))
+    assert e.value.args == ("cpu",)
+    it = test_s[1][0]
+    write_video_clip(tmp_path / "clip.mp4", it["frames"], it["audio"])
+    with pytest.raises(Placed): E.infer_main(infer_args(model=str(d), video=str(tmp_path / "clip.mp4")))
+    with pytest.raises(Placed): E.evaluate(StubModel(cfg), cfg, "test_s", limit=1)  # the pipeline's path: a loaded model
+    assert E.evaluate(None, cfg, "test_s", predictor="empty", limit=1)["n_rows"] == 1  # a predictor needs no device
 
 
 def test_png8_keeps_the_official_j_threshold_exactly():
@@ -86,11 +191,10 @@ def test_model_evaluate_equals_score_split_of_its_stored_predictions(cfg, tiny, 
     ds, items = test_s
     got = E.evaluate(model, cfg, "test_s", limit=5, batch_size=2)
     preds = E.predict(model, items[:5], max_new_tokens=4, build_messages=build_messages)
-    stored = [E.png8_to_logits(E.probs_to_png8(torch.sigmoid(resize_logits(p.mask_logits, (256, 256))))) for p in preds]
-    want = score_split(stored, [it["masks"] for it in items[:5]])
-    assert got["J"] == pytest.approx(want["J"] / 100, abs=1e-7) and got["F"] == pytest.approx(want["F"], abs=1e-7)
+    want = score_split([p.mask_logits for p in preds], [it["masks"] for it in items[:5]])  # the raw logits
+    assert got["J"] == want["J"] / 100 and got["F"] == want["F"]
     assert got["n_rows"] == 5 and got["n_fallbacks"] == sum(p.used_fallback for p in preds)
-    assert got["n_parse_failures"] == sum(E.parse_target(p.text) is None for p in preds)
+    assert got["n_parse_failures"] == sum(E.parse_target(p.own_text) is None for p in preds)
 
 
 def test_empty_and_full_give_the_official_scores_of_all0_all1_masks(cfg, test_s):

@@ -131,19 +131,19 @@ class GRPOStage(StageConfig):
     warmup_steps: int = 30
     max_steps: int = 4000  # official: 200 epochs x 20 steps
     batch_size: int = 1  # prompts per device per micro-step (each gives `num_generations` rollouts)
-    grad_accum: int = 4
+    grad_accum: int = 8  # 1 × 8 = 8 prompts per optimizer step on one GPU, as the release's 1 × 4 × 2 GPUs (keep batch_size × grad_accum × GPUs = 8)
     num_generations: int = 3  # G, the group size
     temperature: float = 1.0
     top_p: float = 0.9
     max_new_tokens: int = 512  # official 150 truncates its own SFT chains
     kl_beta: float = 0.04  # KL weight to the reference policy (0 reproduces the released code)
     clip_epsilon: float = 0.2  # PPO-style ratio clip (the ratio is 1 with one update per batch)
-    format_weight: float = 1.0
-    class_weight: float = 1.0
-    iou_weight: float = 1.0
+    format_weight: float = 1.0  # R_fmt: 1 when the answer ends with "It is [SEG]." (the release's condition; earlier [SEG]s allowed)
+    class_weight: float = 1.0  # R_cls: 0, 1 (a "The target is …" sentence) or 2 (naming the right class)
+    iou_weight: float = 1.0  # R_IoU of the mask each rollout decodes, also one without [SEG] (read at its last position)
     class_parser: Literal["aurora_nb", "official"] = "aurora_nb"  # "official" keeps the release's `\w+` regex for parity
     filter_zero_spread: bool = False  # drop prompts whose G rewards are all equal from the policy term (their share is logged either way)
-    mask_loss_on: Literal["all", "best"] = "all"  # 2·BCE + 0.5·Dice on every rollout with a [SEG] (release) or on the best one per group
+    mask_loss_on: Literal["all", "best"] = "all"  # 2·BCE + 0.5·Dice on the masks of all G rollouts, [SEG] or not (release), or of the best-rewarded one (ablation)
     save_steps: int = 100
 
 # %% ../nbs/00_config.ipynb #c0stagesc
@@ -184,12 +184,12 @@ class AuroraConfig:
 class ConfigError(ValueError):
     "A configuration key or value that cannot be used; the message names the key and what was expected."
 
-# %% ../nbs/00_config.ipynb #c0coerce
 def _type_name(tp) -> str:
     "Readable name of a type annotation, for error messages."
     if typing.get_origin(tp) is Literal: return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
+# %% ../nbs/00_config.ipynb #c0coerce
 def _coerce(value, tp, key: str):
     "Check `value` against the annotation `tp` and return it in that type; raise `ConfigError` naming `key` otherwise."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -281,57 +281,64 @@ def apply_overrides(cfg: AuroraConfig, overrides=()) -> AuroraConfig:
     return config_from_dict(type(cfg), d)
 
 # %% ../nbs/00_config.ipynb #c0presc
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "tiny": {
-        "data.root": "data/synth",
-        "data.llm_frames": 4,
-        "data.llm_max_pixels": 112 * 112,
-        "data.num_workers": 0,
-        "data.cot_style": "terse",  # ~130-token reasoning instead of ~190: the tiny model finishes it within its budgets
-        "data.synth_videos": 32,
-        "model.thinker": "",
-        "model.segmenter": "",
-        "model.from_scratch": True,
-        "model.tokenizer": "data/tokenizer",
-        "model.thinker_size": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                               "num_attention_heads": 4, "num_key_value_heads": 2,
-                               "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                                                 "window_size": 112, "fullatt_block_indexes": [1]},
-                               "audio_config": {"encoder_layers": 2, "encoder_attention_heads": 2,
-                                                "encoder_ffn_dim": 64, "d_model": 32}},
-        "model.sam_size": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
-                           "patch_size": 8, "window_size": 8, "global_attn_indexes": [1],
-                           "mask_decoder_config": {"mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32}},
-        "model.dtype": "float32",
-        "model.prompt_dim": 32,
-        "model.sam_image_size": 128,
-        "model.trainable": "all",
-        "model.freeze_sam_encoder": False,
-        "model.max_length": 1536,  # prompt + a reflective answer: a wrong path of up to eval.max_new_tokens and the corrected one
-        **{f"stages.{s}.{k}": v for s in ("teacher", "sft", "reflect")
-           for k, v in {"lr": 1e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1,
-                        "save_steps": 30, "logging_steps": 5}.items()},
-        "stages.teacher.max_steps": 300,  # at 100 steps stage 0 still stops after "It is" and never writes [SEG]
-        "stages.teacher.save_steps": 100,
-        "stages.sft.max_steps": 800,  # 60 steps stop after "Images."; 400 write the form but loop (12 % well-formed), 800: 70 %
-        "stages.sft.save_steps": 200,
-        "stages.reflect.max_steps": 200,
-        "stages.reflect.save_steps": 100,
-        "stages.grpo.lr": 1e-4,
-        "stages.grpo.kl_beta": 0.0,  # tiny trains every weight: no adapters to switch off for a reference (β = 0, as released)
-        "stages.grpo.warmup_steps": 2,
-        "stages.grpo.max_steps": 10,
-        "stages.grpo.grad_accum": 1,
-        "stages.grpo.max_new_tokens": 512,  # a reflective answer (a wrong path, the trigger, a terse CoT of ~130-220) fits
-        "stages.grpo.save_steps": 5,
-        "stages.grpo.logging_steps": 1,
-        "eval.max_new_tokens": 512,  # room for a reflective answer (as stages.grpo.max_new_tokens)
-        "eval.limit": 16,
-        "eval.ablations": ["bare"],  # stage 0 without the class word, next to the stages in the demo's report
-    },
+_TINY_DATA = {  # the committed synthetic benchmark, seen through fewer and smaller frames
+    "data.root": "data/synth",
+    "data.llm_frames": 4,
+    "data.llm_max_pixels": 112 * 112,
+    "data.num_workers": 0,
+    "data.cot_style": "terse",  # ~130-token reasoning instead of ~190: the tiny model finishes it within its budgets
+    "data.synth_videos": 32,
+}
+_TINY_MODEL = {  # the same classes from small configs with random weights, in fp32, every weight trainable
+    "model.thinker": "",
+    "model.segmenter": "",
+    "model.from_scratch": True,
+    "model.tokenizer": "data/tokenizer",
+    "model.thinker_size": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2,
+                           "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                                             "window_size": 112, "fullatt_block_indexes": [1]},
+                           "audio_config": {"encoder_layers": 2, "encoder_attention_heads": 2,
+                                            "encoder_ffn_dim": 64, "d_model": 32}},
+    "model.sam_size": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
+                       "patch_size": 8, "window_size": 8, "global_attn_indexes": [1],
+                       "mask_decoder_config": {"mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32}},
+    "model.dtype": "float32",
+    "model.prompt_dim": 32,
+    "model.sam_image_size": 128,
+    "model.trainable": "all",  # no pretrained weights to protect
+    "model.freeze_sam_encoder": False,  # a frozen *random* encoder collapses to empty masks
+    "model.max_length": 1536,  # prompt + a reflective answer: a wrong path of up to eval.max_new_tokens and the corrected one
 }
 
+# %% ../nbs/00_config.ipynb #c0presc2
+_TINY_STAGES = {  # minutes, not days: steps, batches, rates; no KL
+    **{f"stages.{s}.{k}": v for s in ("teacher", "sft", "reflect")
+       for k, v in {"lr": 1e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1,
+                    "save_steps": 30, "logging_steps": 5}.items()},
+    "stages.teacher.max_steps": 300,  # at 100 steps stage 0 still stops after "It is" and never writes [SEG]
+    "stages.teacher.save_steps": 100,
+    "stages.sft.max_steps": 800,  # 60 steps stop after "Images."; 400 write the form but loop (12 % well-formed), 800: 70 %
+    "stages.sft.save_steps": 200,
+    "stages.reflect.max_steps": 200,
+    "stages.reflect.save_steps": 100,
+    "stages.grpo.lr": 1e-4,
+    "stages.grpo.kl_beta": 0.0,  # tiny trains every weight: no adapters to switch off for a reference (β = 0, as released)
+    "stages.grpo.warmup_steps": 2,
+    "stages.grpo.max_steps": 10,
+    "stages.grpo.grad_accum": 1,
+    "stages.grpo.max_new_tokens": 512,  # a reflective answer (a wrong path, the trigger, a terse CoT of ~130-220) fits
+    "stages.grpo.save_steps": 5,
+    "stages.grpo.logging_steps": 1,
+}
+_TINY_EVAL = {
+    "eval.max_new_tokens": 512,  # room for a reflective answer (as stages.grpo.max_new_tokens)
+    "eval.limit": 16,
+    "eval.ablations": ["bare"],  # stage 0 without the class word, next to the stages in the demo's report
+}
+PRESETS: dict[str, dict[str, Any]] = {"full": {}, "tiny": {**_TINY_DATA, **_TINY_MODEL, **_TINY_STAGES, **_TINY_EVAL}}
+
+# %% ../nbs/00_config.ipynb #c0getcfg
 def get_config(preset: str = "full", overrides=(), path: str | Path | None = None) -> AuroraConfig:
     "The config of `preset`, or of the YAML file `path`, with dotted `overrides` applied last."
     if path is not None: cfg = load_config(path)

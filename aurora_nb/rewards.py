@@ -25,9 +25,8 @@ from .metrics import frame_iou
 def format_reward(text: Any,  # a decoded completion; anything that is not text scores 0
                   **_,  # other fields of the rollout (ignored)
                  ) -> float:  # 0 or 1
-    "1 when the answer ends with `It is [SEG].` (special tokens and trailing whitespace removed) and has one [SEG]."
-    p = parse_answer(text)
-    return float(p.format_ok and p.n_seg == 1)
+    "1 when the answer ends with `It is [SEG].` (special tokens and trailing whitespace removed), as the release."
+    return float(parse_answer(text).format_ok)
 
 # %% ../nbs/10_rewards.ipynb #r9cls
 CLASS_PARSERS = ("aurora_nb", "official")

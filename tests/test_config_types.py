@@ -1,7 +1,11 @@
-"""Config type checks that YAML and Python make easy to get wrong: booleans are ints in Python, `yes` is True in YAML 1.1."""
+"""Config type checks that YAML and Python make easy to get wrong: booleans are ints in Python, `yes` is True in YAML 1.1;
+and the GRPO batch: the release's 8 prompts per optimizer step, by default and in every shipped profile."""
+import re
+from pathlib import Path
+
 import pytest
 
-from aurora_nb.config import AuroraConfig, ConfigError, apply_overrides, config_from_dict
+from aurora_nb.config import AuroraConfig, ConfigError, apply_overrides, config_from_dict, get_config
 
 
 @pytest.mark.parametrize("override, message", [
@@ -23,3 +27,22 @@ def test_bool_fields_stay_bool_and_numbers_still_coerce():
         config_from_dict(AuroraConfig, {"model": {"lora": {"enabled": 1}}})
     with pytest.raises(ConfigError, match="model.lora.scope: expected one of 'official', 'llm'"):
         apply_overrides(AuroraConfig(), ["model.lora.scope=audio"])
+
+
+def test_grpo_default_takes_the_releases_8_prompts_per_optimizer_step_on_one_gpu():
+    g = AuroraConfig().stages.grpo  # the release: 1 prompt per GPU x accumulation 4 x 2 GPUs
+    assert g.batch_size * g.grad_accum == 8
+
+
+PROFILES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("full-*x*.yaml"))
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_shipped_profiles_take_8_grpo_prompts_per_optimizer_step(path):
+    gpus = int(re.match(r"full-(\d+)x", path.stem).group(1))
+    g = get_config(path=path).stages.grpo
+    assert g.batch_size * g.grad_accum * gpus == 8, (path.name, g.batch_size, g.grad_accum, gpus)
+
+
+def test_the_profiles_are_shipped():
+    assert [p.stem for p in PROFILES] == ["full-1x24gb", "full-1x80gb", "full-8x80gb"]

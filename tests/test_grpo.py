@@ -34,6 +34,24 @@ def test_equal_rewards_give_zero_advantage_and_count_as_zero_spread():
     assert torch.equal(group_advantages(torch.tensor([1.5]), 1), torch.zeros(1))  # G = 1: no baseline, no signal
 
 
+def test_equal_rewards_give_exactly_zero_advantage_whatever_their_value():
+    x = torch.tensor(1.9603736400604248)
+    assert not torch.equal(x.repeat(3).mean(), x)  # float32's mean of three equal values misses them by an ulp
+    assert torch.equal(group_advantages(x.repeat(3), 3), torch.zeros(3))  # not ±0.001: no signal at all
+
+
+def test_group_mask_loss_covers_all_rollouts_or_the_best_one():
+    from aurora_nb.grpo import group_mask_loss
+    from aurora_nb.losses import bce_loss, dice_loss
+    masks = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 3  # [G, T, H, W] logits
+    gt = torch.zeros(2, 4, 4); gt[0, 1:3, 1:3] = 1
+    one = [2 * bce_loss(masks[[g]], gt[None]) + 0.5 * dice_loss(masks[[g]], gt[None]) for g in range(3)]
+    torch.testing.assert_close(group_mask_loss(masks, gt, torch.tensor([1.0, 3.0, 2.0])), torch.stack(one).mean())
+    torch.testing.assert_close(group_mask_loss(masks, gt, torch.tensor([1.0, 3.0, 2.0]), on="best"), one[1])
+    with pytest.raises(ValueError, match="mask_loss_on"):
+        group_mask_loss(masks, gt, torch.zeros(3), on="found")
+
+
 @pytest.mark.parametrize("bad", [dict(rewards=torch.ones(5), G=3), dict(rewards=torch.ones(2, 3), G=3),
                                  dict(rewards=torch.ones(6), G=0), dict(rewards=torch.ones(6), G=True)])
 def test_group_advantages_refuse_a_bad_shape(bad):

@@ -1,5 +1,6 @@
 """GRPO trainer on the tiny omni model: media tensors required, shared-prefill rollouts equal naive ones, the loss's
-log-probs equal a direct forward, KL zero at the first step through the trainer, zero-spread logging, resume."""
+log-probs equal a direct forward, KL zero at the first step through the trainer, zero-spread logging, a rollout without
+[SEG] scored and trained like the others, resume."""
 import numpy as np
 import pytest
 import torch
@@ -8,9 +9,10 @@ from transformers import TrainingArguments
 from aurora_nb.config import get_config
 from aurora_nb.cot import build_messages
 from aurora_nb.data import RefAVSDataset
-from aurora_nb.grpo import (AuroraGRPOTrainer, answer_rows, modality_inputs, repeat_group, sample_group, token_pass)
+from aurora_nb.grpo import (AuroraGRPOTrainer, Rollouts, answer_rows, modality_inputs, repeat_group, sample_group, token_pass)
+from aurora_nb.losses import bce_loss, dice_loss
 from aurora_nb.model import AuroraCollator, build_model, generate_answers
-from aurora_nb.rewards import REWARDS, register_reward, reward_weights
+from aurora_nb.rewards import REWARDS, iou_reward, register_reward, reward_weights
 
 torch.set_num_threads(2)
 
@@ -101,13 +103,54 @@ def test_kl_zero_at_the_first_step_then_positive(tmp_path, ds):
         assert k in logs[0], k
 
 
-def test_default_rewards_on_a_random_model_are_zero_spread_and_filtered(tmp_path, ds):
+def test_zero_spread_groups_are_counted_and_leave_only_the_mask_loss(tmp_path, ds):
     torch.manual_seed(0)
     model = build_model(cfg(**{"stages.grpo.kl_beta": 0.0}))
-    tr = AuroraGRPOTrainer(model, _args(tmp_path, 1, save_strategy="no"), ds, filter_zero_spread=True)
+    w = {"format": 1.0, "class": 1.0, "iou": 0.0}  # a random model earns no text reward: equal totals
+    tr = AuroraGRPOTrainer(model, _args(tmp_path, 1, save_strategy="no"), ds, weights=w, filter_zero_spread=True)
     tr.train()
     log = [l for l in tr.state.log_history if "kl" in l][0]
-    assert log["zero_spread"] == 1.0 and log["truncated"] == 1.0 and log["loss"] == 0.0
+    assert log["zero_spread"] == 1.0 and log["truncated"] == 1.0 and log["pg_loss"] == 0.0
+    assert log["reward/iou/mean"] > 0  # reported (every rollout's mask is scored), weighted 0
+    assert log["mask_loss"] > 0 and log["loss"] == pytest.approx(log["mask_loss"], rel=1e-4)
+
+
+def _scripted_group(model, item):
+    "The worked group of the rewards chapter on `item`: a good answer, a truncated one without [SEG], a wrong class."
+    tok, cat = model.tokenizer, item["category"]
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    texts = [f"Images: a red circle. The target is {cat}. It is [SEG].", f"Images: a red circle. The target is {cat}. It is the",
+             "Images: a red circle. The target is nothing. It is [SEG]."]
+    ids = [tok.encode(t, add_special_tokens=False) + ([] if i == 1 else [eos]) for i, t in enumerate(texts)]
+    return Rollouts(ids, torch.zeros(3, max(map(len, ids))), torch.tensor([False, True, False]))
+
+
+def test_a_rollout_without_seg_earns_its_decoded_masks_iou_and_joins_the_mask_loss(tmp_path, tiny, ds, monkeypatch):
+    "The method: a rollout without [SEG] is read at its last position; its mask is scored and trained like the others."
+    import aurora_nb.grpo
+    seen = []
+    def spy(fn):
+        def f(x, y, *a, **kw):
+            seen.append((fn.__name__, x.detach().clone()))
+            return fn(x, y, *a, **kw)
+        return f
+    monkeypatch.setattr(aurora_nb.grpo, "bce_loss", spy(bce_loss))
+    monkeypatch.setattr(aurora_nb.grpo, "dice_loss", spy(dice_loss))
+    tr = AuroraGRPOTrainer(tiny, _args(tmp_path, 1, save_strategy="no"), ds)  # the built-in rewards, mask loss on "all"
+    item = ds[0]
+    loss = tr.group_step(tiny, item, rollouts=_scripted_group(tiny, item))
+    lg, m = tr.last_group, tr._metrics
+    assert lg["found"] == [True, False, True]
+    masks, gt = lg["masks"], lg["gt"]  # [3, T, H, W] logits, [T, H, W]
+    ious = [iou_reward(x, gt) for x in masks]
+    assert ious[1] > 0.01  # so crediting and zeroing the rollout without [SEG] give different rewards
+    assert lg["rewards"]["iou"] == pytest.approx(ious, abs=1e-6)
+    assert lg["rewards"]["total"][1] == pytest.approx(0 + 2 + ious[1], abs=1e-6)  # format 0, class 2, its IoU
+    assert [n for n, _ in seen] == ["bce_loss", "dice_loss"]
+    for _, x in seen: torch.testing.assert_close(x, masks, atol=0, rtol=0)  # all three masks, the one without [SEG] too
+    y = gt[None].expand_as(masks).float()
+    assert m["mask_loss"][-1] == pytest.approx(float(2 * bce_loss(masks, y) + 0.5 * dice_loss(masks, y)), rel=1e-5)
+    assert float(loss) == pytest.approx(m["pg_loss"][-1] + m["mask_loss"][-1], rel=1e-5)  # β = 0: policy + masks
 
 
 def test_kl_needs_adapters(ds):

@@ -16,12 +16,19 @@ GOOD = "Images: a dryer. Audio: a whir. Reference: the whirring one. Answer: The
     (GOOD, 1.0), (GOOD + "<|im_end|>", 1.0), (GOOD + "<|im_end|><|endoftext|>  \n", 1.0),
     (GOOD[:-1], 0.0),  # no final period: truncated
     ("The target is dog. It is the dog.", 0.0),  # missing [SEG]
-    ("The target is dog [SEG]. It is [SEG].", 0.0),  # two [SEG]s
+    ("The target is dog [SEG]. It is [SEG].", 1.0),  # two [SEG]s: it ends with the contract, the release's only condition
     ("It is [SEG]. The target is dog.", 0.0),  # [SEG] not at the end
     ("it is [seg].", 0.0),
 ])
 def test_format_reward(text, expected):
     assert format_reward(text) == expected
+
+
+def test_format_reward_is_the_releases_condition_only():
+    "The choice pinned: ending with `It is [SEG].` is all; no count of earlier [SEG]s (the mask reads the last one)."
+    for extra in ("[SEG] ", "[SEG][SEG] ", "The target is dog [SEG]. "):
+        assert format_reward(extra + GOOD) == 1.0
+    assert format_reward("[SEG] It is [SEG].") == 1.0 and format_reward("It is [SEG]. [SEG]") == 0.0
 
 
 @pytest.mark.parametrize("text,category,expected", [

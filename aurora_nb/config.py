@@ -116,7 +116,7 @@ class ReflectStage(SFTStage):
     "Stage 2: corrective reflective-style SFT."
     max_cot_chars: int = 4200  # a reflective answer is a wrong path (< 2000) + the trigger + a corrected one (< 2000): stage 2's own limit
     trigger: str = "Wait, let me reconsider"  # joins the wrong path and the corrected one
-    corrector: str = "oracle"  # who corrects wrong paths: "oracle" (synthetic annotations) or a model id
+    corrector: str = "oracle"  # who corrects wrong paths: "oracle" (synthetic annotations), an aurora_nb model folder, or a Hugging Face omni model id or checkpoint folder (replies cached in corrections.jsonl)
     reflective_fraction: float = 1.0  # share of wrong stage-1 paths turned into reflective samples (paper: unknown)
     plain_ratio: float = 1.0  # plain right paths mixed in per reflective sample (paper: unknown; 1.0 as Sherlock's one correction per original sample, so the trigger stays conditional on an error)
     min_iou: float = 0.5  # a stage-1 answer whose mask IoU (σ > 0.5) is below this counts as wrong

@@ -18,8 +18,8 @@ from typing import Any, Literal
 # %% auto #0
 __all__ = ['PRESETS', 'PATH_KEYS', 'DataConfig', 'LoraSettings', 'ModelConfig', 'StageConfig', 'SFTStage', 'TeacherStage',
            'ReflectStage', 'GRPOStage', 'StagesConfig', 'EvalConfig', 'AuroraConfig', 'ConfigError', 'config_from_dict',
-           'config_to_dict', 'apply_overrides', 'get_config', 'resolve_path', 'checkout_root', 'display_path',
-           'save_config', 'load_config', 'config_hash', 'config_diff']
+           'config_to_dict', 'apply_overrides', 'get_config', 'resolve_path', 'checkout_root', 'package_checkout',
+           'path_candidates', 'display_path', 'save_config', 'load_config', 'config_hash', 'config_diff']
 
 # %% ../nbs/00_config.ipynb #c0imp2
 import yaml
@@ -350,9 +350,11 @@ def get_config(preset: str = "full", overrides=(), path: str | Path | None = Non
 
 # %% ../nbs/00_config.ipynb #c0pathc
 def resolve_path(path: str | Path) -> Path:
-    "What the config path `path` points at: as given if absolute or present here, else under the enclosing checkout."
+    "What the config path `path` points at: as given if absolute or present here, else the first of `path_candidates` that exists."
     p = Path(path)
     if p.is_absolute() or p.exists(): return p
+    found = next((c for c in path_candidates(p) if c.exists()), None)
+    if found is not None: return found
     root = checkout_root()
     return root / p if root is not None else p
 
@@ -360,12 +362,26 @@ def checkout_root() -> Path | None:
     "The enclosing checkout: the nearest folder, from here upwards, that holds settings.ini (None outside one)."
     return next((d for d in [Path.cwd(), *Path.cwd().parents] if (d / "settings.ini").is_file()), None)
 
+def package_checkout() -> Path | None:
+    "The checkout aurora_nb is installed from (an editable install or a clone on `sys.path`); None for a wheel install."
+    import importlib.util
+    d = Path(importlib.util.find_spec("aurora_nb").origin).resolve().parents[1]
+    return d if (d / "settings.ini").is_file() else None
+
+def path_candidates(path: str | Path) -> list[Path]:
+    "Where a relative config path is looked for, in order: the working directory, its checkout, the package's checkout."
+    p = Path(path)
+    if p.is_absolute(): return [p]
+    roots = [r for r in (checkout_root(), package_checkout()) if r is not None]
+    return list(dict.fromkeys([p, *(r / p for r in roots)]))
+
 def display_path(path: str | Path) -> str:
     "`path` for people and stored outputs: relative to the checkout when inside it, so it reads the same in every clone."
-    p, root = Path(path), checkout_root()
-    if root is not None and p.is_absolute():
-        try: return str(p.relative_to(root))
-        except ValueError: pass
+    p = Path(path)
+    for root in (checkout_root(), package_checkout()):
+        if root is not None and p.is_absolute():
+            try: return str(p.relative_to(root))
+            except ValueError: pass
     return str(p)
 
 # %% ../nbs/00_config.ipynb #c0yamlc

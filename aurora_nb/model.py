@@ -17,21 +17,23 @@ from typing import Callable, Sequence
 # %% auto #0
 __all__ = ['QWEN_OMNI_SPECIALS', 'MODALITY_TOKENS', 'MM_SUPPRESS', 'CHAT_TEMPLATE', 'SAM_MEAN', 'SAM_STD', 'THINKER_INPUTS',
            'LORA_SCOPES', 'COMPONENTS', 'CONFIG_FILE', 'WEIGHTS_FILE', 'PROCESSOR_DIR', 'build_tokenizer',
-           'build_processor', 'videos_kwargs', 'llm_frame_indices', 'llm_audio', 'sam_resized_hw', 'sam_resize_uint8',
-           'sam_preprocess', 'masks_to_original', 'unpad_masks', 'adapt_sam_image_size', 'seg_hidden_states',
-           'SegProjector', 'decode_masks', 'AuroraOutput', 'size_mask', 'thinker_base', 'AuroraModel', 'thinker_config',
-           'build_thinker', 'sam_config', 'build_segmenter', 'build_model', 'new_token_ids', 'sam_encoder_trainable',
-           'lora_target', 'master_weights_fp32', 'apply_trainable_policy', 'component_of', 'trainable_table',
-           'print_trainable', 'lora_modules', 'lora_summary', 'weights_fingerprint', 'weights_stamp', 'frame_key',
-           'SamEmbeddingCache', 'enable_embedding_cache', 'AuroraCollator', 'prepare_batch', 'model_inputs',
-           'completion_logprobs', 'Prediction', 'answer_rows', 'generate_answers', 'seg_states_from_generate',
-           'predict', 'run_device', 'model_device', 'place', 'save_pretrained', 'from_pretrained']
+           'build_processor', 'videos_kwargs', 'llm_frame_indices', 'llm_audio', 'thinker_config', 'build_thinker',
+           'sam_resized_hw', 'sam_resize_uint8', 'sam_preprocess', 'masks_to_original', 'unpad_masks',
+           'adapt_sam_image_size', 'sam_config', 'build_segmenter', 'seg_hidden_states', 'SegProjector', 'decode_masks',
+           'AuroraOutput', 'size_mask', 'thinker_base', 'AuroraModel', 'build_model', 'new_token_ids',
+           'sam_encoder_trainable', 'lora_target', 'master_weights_fp32', 'lora_modules', 'lora_summary',
+           'apply_trainable_policy', 'component_of', 'trainable_table', 'print_trainable', 'weights_fingerprint',
+           'weights_stamp', 'frame_key', 'SamEmbeddingCache', 'enable_embedding_cache', 'AuroraCollator',
+           'prepare_batch', 'model_inputs', 'run_device', 'model_device', 'place', 'completion_logprobs',
+           'save_pretrained', 'from_pretrained', 'Prediction', 'answer_rows', 'generate_answers',
+           'seg_states_from_generate', 'with_seg_fallback', 'answer_seg_states', 'predict']
 
 # %% ../nbs/05_model.ipynb #m4imp2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch  # methods added one cell at a time, each shown and tested
 from safetensors.torch import load_file, save_file
 from transformers import (AutoTokenizer, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
                           Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
@@ -114,6 +116,46 @@ def llm_audio(audio, cfg: AuroraConfig,  # a clip's mono waveform; reads data.ll
     n = int(round(cfg.data.llm_audio_seconds * cfg.data.sample_rate))
     return a[:n] if n > 0 else a
 
+# %% ../nbs/05_model.ipynb #m4thc
+def thinker_config(m: ModelConfig, tokenizer) -> Qwen2_5OmniThinkerConfig:
+    "A thinker config from `m.thinker_size`, with every multimodal token id taken from `tokenizer`."
+    size = dict(m.thinker_size)
+    vision, audio = size.pop("vision_config", {}), size.pop("audio_config", {})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_OMNI_SPECIALS}
+    hidden, heads = size.get("hidden_size", 64), size.get("num_attention_heads", 4)
+    half = hidden // heads // 2  # mrope sections split the rotary half-dim over (t, h, w)
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=8192, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                 "mrope_section": [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    text.update(size)
+    return Qwen2_5OmniThinkerConfig(
+        text_config=text, vision_config=dict(out_hidden_size=hidden, **vision),
+        audio_config=dict(output_dim=hidden, num_mel_bins=128, **audio),
+        audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"], vision_end_token_id=ids["<|vision_eos|>"],  # read by get_rope_index
+        position_id_per_seconds=25, seconds_per_chunk=2)  # the TMRoPE clock: 25 time positions per second; 2-s chunks
+
+# %% ../nbs/05_model.ipynb #m4bthc
+def build_thinker(cfg: AuroraConfig, tokenizer) -> Qwen2_5OmniThinkerForConditionalGeneration:
+    "The thinker: random from `model.thinker_size` when `model.from_scratch`, else `from_pretrained(model.thinker)`."
+    m = cfg.model
+    dtype = getattr(torch, m.dtype)
+    if m.from_scratch:
+        torch.manual_seed(cfg.seed)
+        thinker = Qwen2_5OmniThinkerForConditionalGeneration._from_config(
+            thinker_config(m, tokenizer), attn_implementation=m.attn_implementation, dtype=dtype)
+    else:
+        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            str(resolve_path(m.thinker)) if resolve_path(m.thinker).exists() else m.thinker, dtype=dtype,
+            attn_implementation=m.attn_implementation)
+    rows = thinker.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer): thinker.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # never shrink
+    gc = thinker.generation_config
+    gc.eos_token_id, gc.pad_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    return thinker
+
 # %% ../nbs/05_model.ipynb #m4samc
 SAM_MEAN = (123.675, 116.28, 103.53)
 SAM_STD = (58.395, 57.12, 57.375)
@@ -141,6 +183,7 @@ def sam_preprocess(frames: np.ndarray | torch.Tensor,  # uint8 RGB [T, H, W, 3]
     x = (x - torch.tensor(SAM_MEAN).view(1, 3, 1, 1)) / torch.tensor(SAM_STD).view(1, 3, 1, 1)
     return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))  # [T, 3, size, size]
 
+# %% ../nbs/05_model.ipynb #m4sampost
 def masks_to_original(low_res: torch.Tensor,  # mask logits [..., h, w] from the decoder
                       size: int,  # SAM input side the frames were padded to
                       original_hw: tuple[int, int],  # (H, W) of the original frames
@@ -190,6 +233,33 @@ def adapt_sam_image_size(sam: SamModel,  # a loaded SAM, modified in place
     sam.prompt_encoder.input_image_size = size
     return sam
 
+# %% ../nbs/05_model.ipynb #m4smc
+def sam_config(m: ModelConfig) -> SamConfig:
+    "A SAM config from `m.sam_size` at `m.sam_image_size`, prompt width `m.prompt_dim`."
+    size = dict(m.sam_size)
+    dec = size.pop("mask_decoder_config", {})
+    C, S = m.prompt_dim, m.sam_image_size
+    vision = dict(output_channels=C, num_pos_feats=C // 2, image_size=S, **size)
+    return SamConfig(vision_config=vision,
+                     prompt_encoder_config=dict(hidden_size=C, image_size=S, patch_size=vision.get("patch_size", 16),
+                                                mask_input_channels=min(16, C // 2)),
+                     mask_decoder_config=dict(hidden_size=C, **dec))
+
+def build_segmenter(cfg: AuroraConfig) -> SamModel:
+    "SAM: random from `model.sam_size` when `model.from_scratch`, else `from_pretrained(model.segmenter)`; at `sam_image_size`."
+    m = cfg.model
+    dtype = getattr(torch, m.dtype)
+    if m.from_scratch:
+        torch.manual_seed(cfg.seed + 1)
+        sam = SamModel(sam_config(m)).to(dtype)
+    else:
+        src = str(resolve_path(m.segmenter)) if resolve_path(m.segmenter).exists() else m.segmenter
+        sam = SamModel.from_pretrained(src, dtype=dtype)
+    sam = adapt_sam_image_size(sam, m.sam_image_size)
+    C = sam.config.prompt_encoder_config.hidden_size
+    if C != m.prompt_dim: raise ValueError(f"model.prompt_dim={m.prompt_dim} but the SAM prompt width is {C}")
+    return sam
+
 # %% ../nbs/05_model.ipynb #m4segc
 def seg_hidden_states(hidden: torch.Tensor,  # last-layer hidden states [B, L, d]
                       input_ids: torch.Tensor,  # the ids fed to the model [B, L]
@@ -214,6 +284,7 @@ class SegProjector(nn.Sequential):
         super().__init__(nn.Linear(hidden_size, hidden_size), nn.ReLU(inplace=True),
                          nn.Linear(hidden_size, prompt_dim), nn.Dropout(0.0))
 
+# %% ../nbs/05_model.ipynb #m4decc
 def decode_masks(sam: SamModel,
                  prompts: torch.Tensor,  # SAM sparse prompts, one per sample [B, C]
                  image_embeddings: torch.Tensor,  # SAM image embeddings of the frames [B, T, C, h, w]
@@ -262,6 +333,24 @@ def thinker_base(model: AuroraModel):
     t = model.thinker
     return t.get_base_model() if hasattr(t, "get_base_model") else t
 
+class AuroraModel(nn.Module):
+    "Qwen2.5-Omni thinker + `[SEG]` + projector + SAM prompt encoder and mask decoder."
+    supports_gradient_checkpointing = True
+
+    def __init__(self, thinker, projector: SegProjector, sam: SamModel, tokenizer, processor, config: AuroraConfig):
+        super().__init__()
+        self.thinker, self.projector, self.sam = thinker, projector, sam
+        self.tokenizer, self.processor, self.config = tokenizer, processor, config
+        self.seg_token_id = tokenizer.convert_tokens_to_ids(config.model.seg_token)
+        self.sam_image_size = config.model.sam_image_size
+        self.compute_dtype = getattr(torch, config.model.dtype)  # autocast dtype; trainable weights stay float32
+        st = config.stages.teacher
+        self.loss_weights = {"ce": st.ce_weight, "bce": st.bce_weight, "dice": st.dice_weight}  # a stage sets its own
+        self.embedding_cache = None  # a SamEmbeddingCache, set by `enable_embedding_cache`
+        self._register_state_dict_hook(_drop_aliases)
+        self._register_load_state_dict_pre_hook(_fill_aliases, with_module=True)
+
+# %% ../nbs/05_model.ipynb #m4alias
 def _alias_groups(module: nn.Module) -> list[list[str]]:
     "Names that share one tensor (e.g. SAM's positional embedding, held by the model and its prompt encoder)."
     groups: dict[int, list[str]] = {}
@@ -280,185 +369,6 @@ def _fill_aliases(module, state_dict, prefix, *args):
     for g in _alias_groups(module):
         if prefix + g[0] in state_dict:
             for n in g[1:]: state_dict.setdefault(prefix + n, state_dict[prefix + g[0]])
-
-class AuroraModel(nn.Module):
-    "Qwen2.5-Omni thinker + `[SEG]` + projector + SAM prompt encoder and mask decoder."
-    supports_gradient_checkpointing = True
-
-    def __init__(self, thinker, projector: SegProjector, sam: SamModel, tokenizer, processor, config: AuroraConfig):
-        super().__init__()
-        self.thinker, self.projector, self.sam = thinker, projector, sam
-        self.tokenizer, self.processor, self.config = tokenizer, processor, config
-        self.seg_token_id = tokenizer.convert_tokens_to_ids(config.model.seg_token)
-        self.sam_image_size = config.model.sam_image_size
-        self.compute_dtype = getattr(torch, config.model.dtype)  # autocast dtype; trainable weights stay float32
-        st = config.stages.teacher
-        self.loss_weights = {"ce": st.ce_weight, "bce": st.bce_weight, "dice": st.dice_weight}  # a stage sets its own
-        self.embedding_cache = None  # a SamEmbeddingCache, set by `enable_embedding_cache`
-        self._register_state_dict_hook(_drop_aliases)
-        self._register_load_state_dict_pre_hook(_fill_aliases, with_module=True)
-
-    @property
-    def device(self) -> torch.device:
-        "Where inputs go: the device of the input embeddings (the first shard of a sharded model)."
-        return thinker_base(self).get_input_embeddings().weight.device
-
-    def autocast(self):
-        "Autocast to `model.dtype` on the model's device (a no-op for float32)."
-        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
-
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
-                                        offload: bool = False):
-        "Activation checkpointing in the thinker's layers (what `Trainer(gradient_checkpointing=True)` calls)."
-        kw = activation_checkpointing_kwargs or {"use_reentrant": False}
-        thinker_base(self).activation_checkpointing_enable(kw, every_n_layers=every_n_layers, offload=offload)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
-        "The older name of `activation_checkpointing_enable`."
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    def gradient_checkpointing_disable(self): thinker_base(self).activation_checkpointing_disable()
-
-    def image_embeddings(self, pixel_values: torch.Tensor,  # SAM inputs [B, T, 3, S, S]
-                        ) -> torch.Tensor:
-        "SAM image embeddings [B, T, C, h, w]; without autograd when the encoder is frozen."
-        B, T = pixel_values.shape[:2]
-        enc = self.sam.vision_encoder
-        x = pixel_values.reshape(B * T, *pixel_values.shape[2:]).to(self.device, next(enc.parameters()).dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and sam_encoder_trainable(self)):
-            emb = enc(pixel_values=x).last_hidden_state  # [B*T, C, h, w]
-        return emb.reshape(B, T, *emb.shape[1:])
-
-    def sam_embeddings(self, sam_pixel_values: torch.Tensor | None = None,  # [B, T, 3, S, S]
-                       sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w], used as given
-                       sam_frame_keys: list[list[str]] | None = None,  # frame hashes: look up the cache
-                      ) -> torch.Tensor:
-        "SAM frame embeddings [B, T, C, h, w]: given, from the cache (frozen encoder), or computed here."
-        if sam_image_embeddings is not None: return sam_image_embeddings.to(self.device)
-        if sam_pixel_values is None: raise ValueError("forward needs sam_pixel_values or sam_image_embeddings")
-        if self.embedding_cache is not None and sam_frame_keys is not None and not sam_encoder_trainable(self):
-            return self.embedding_cache.lookup(sam_frame_keys, sam_pixel_values).to(self.device)
-        return self.image_embeddings(sam_pixel_values)
-
-    def forward(self, input_ids: torch.Tensor,  # [B, L] processor ids (placeholders expanded)
-                attention_mask: torch.Tensor | None = None,  # [B, L]
-                labels: torch.Tensor | None = None,  # [B, L], -100 outside the answer
-                answer_mask: torch.Tensor | None = None,  # [B, L] the answer span when there are no labels
-                pixel_values_videos: torch.Tensor | None = None,  # the processor's video patches
-                video_grid_thw: torch.Tensor | None = None,
-                video_second_per_grid: torch.Tensor | None = None,
-                input_features: torch.Tensor | None = None,  # Whisper log-mel [B, 128, frames]
-                feature_attention_mask: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None,  # image patches (unused by Ref-AVS)
-                image_grid_thw: torch.Tensor | None = None,
-                sam_pixel_values: torch.Tensor | None = None,  # [B, T, 3, S, S]
-                sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w]
-                sam_frame_keys: list[list[str]] | None = None,  # frame hashes for the embedding cache
-                mask_sizes: torch.Tensor | None = None,  # [B, 2] (H, W) of each sample's frames
-                gt_masks: torch.Tensor | None = None,  # [B, T, Hmax, Wmax] {0, 1}, padded right/bottom
-               ) -> AuroraOutput:
-        "Losses, LM logits, the [SEG] state and prompt, and the T mask logits of each sample at its own size."
-        if labels is None and answer_mask is None:
-            raise ValueError("forward needs labels or answer_mask: [SEG] is searched in the answer only")
-        mm = dict(pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
-                  video_second_per_grid=video_second_per_grid, input_features=input_features,
-                  feature_attention_mask=feature_attention_mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
-        with self.autocast():
-            out = self.thinker(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                               output_hidden_states=True, use_cache=False, **{k: v for k, v in mm.items() if v is not None})
-            ans = labels != -100 if labels is not None else answer_mask
-            seg_h, found = seg_hidden_states(out.hidden_states[-1], input_ids, self.seg_token_id, ans)
-            prompts = self.projector(seg_h)  # [B, C]
-            emb = self.sam_embeddings(sam_pixel_values, sam_image_embeddings, sam_frame_keys)
-            low = decode_masks(self.sam, prompts, emb)  # [B, T, 4h, 4w]
-        S = self.sam_image_size
-        if mask_sizes is None:
-            masks = F.interpolate(low.float(), size=(S, S), mode="bilinear", align_corners=False)
-        else:
-            mask_sizes = torch.as_tensor(mask_sizes).reshape(-1, 2)
-            Hm, Wm = (int(v) for v in mask_sizes.max(0).values)
-            masks = low.new_zeros(*low.shape[:2], Hm, Wm, dtype=torch.float32)  # [B, T, Hmax, Wmax]
-            for b, (h, w) in enumerate(mask_sizes.tolist()):
-                masks[b, :, :h, :w] = masks_to_original(low[b], S, (h, w))
-        ce = out.loss.float() if out.loss is not None else None
-        bce = dice = None
-        loss = ce * self.loss_weights["ce"] if ce is not None else None
-        if gt_masks is not None:
-            if mask_sizes is None: raise ValueError("gt_masks need mask_sizes (the (H, W) of each sample)")
-            valid = size_mask(mask_sizes.to(masks.device), masks.shape[-2:])
-            gt = gt_masks.to(masks.device)
-            bce, dice = bce_loss(masks, gt, valid), dice_loss(masks, gt, valid)
-            mask_loss = self.loss_weights["bce"] * bce + self.loss_weights["dice"] * dice
-            loss = mask_loss if loss is None else loss + mask_loss
-        return AuroraOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=out.logits, seg_hidden=seg_h,
-                            seg_embeddings=prompts, seg_found=found, low_res_masks=low, mask_logits=masks,
-                            mask_sizes=mask_sizes)
-
-# %% ../nbs/05_model.ipynb #m4thc
-def thinker_config(m: ModelConfig, tokenizer) -> Qwen2_5OmniThinkerConfig:
-    "A thinker config from `m.thinker_size`, with every multimodal token id taken from `tokenizer`."
-    size = dict(m.thinker_size)
-    vision, audio = size.pop("vision_config", {}), size.pop("audio_config", {})
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_OMNI_SPECIALS}
-    hidden, heads = size.get("hidden_size", 64), size.get("num_attention_heads", 4)
-    half = hidden // heads // 2  # mrope sections split the rotary half-dim over (t, h, w)
-    text = dict(vocab_size=len(tokenizer), max_position_embeddings=8192, tie_word_embeddings=False,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                 "mrope_section": [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    text.update(size)
-    return Qwen2_5OmniThinkerConfig(
-        text_config=text, vision_config=dict(out_hidden_size=hidden, **vision),
-        audio_config=dict(output_dim=hidden, num_mel_bins=128, **audio),
-        audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
-        audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
-        vision_start_token_id=ids["<|vision_bos|>"], vision_end_token_id=ids["<|vision_eos|>"],  # read by get_rope_index
-        position_id_per_seconds=25, seconds_per_chunk=2)
-
-def build_thinker(cfg: AuroraConfig, tokenizer) -> Qwen2_5OmniThinkerForConditionalGeneration:
-    "The thinker: random from `model.thinker_size` when `model.from_scratch`, else `from_pretrained(model.thinker)`."
-    m = cfg.model
-    dtype = getattr(torch, m.dtype)
-    if m.from_scratch:
-        torch.manual_seed(cfg.seed)
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration._from_config(
-            thinker_config(m, tokenizer), attn_implementation=m.attn_implementation, dtype=dtype)
-    else:
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            str(resolve_path(m.thinker)) if resolve_path(m.thinker).exists() else m.thinker, dtype=dtype,
-            attn_implementation=m.attn_implementation)
-    rows = thinker.get_input_embeddings().weight.shape[0]
-    if rows < len(tokenizer): thinker.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # never shrink
-    gc = thinker.generation_config
-    gc.eos_token_id, gc.pad_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
-    return thinker
-
-# %% ../nbs/05_model.ipynb #m4smc
-def sam_config(m: ModelConfig) -> SamConfig:
-    "A SAM config from `m.sam_size` at `m.sam_image_size`, prompt width `m.prompt_dim`."
-    size = dict(m.sam_size)
-    dec = size.pop("mask_decoder_config", {})
-    C, S = m.prompt_dim, m.sam_image_size
-    vision = dict(output_channels=C, num_pos_feats=C // 2, image_size=S, **size)
-    return SamConfig(vision_config=vision,
-                     prompt_encoder_config=dict(hidden_size=C, image_size=S, patch_size=vision.get("patch_size", 16),
-                                                mask_input_channels=min(16, C // 2)),
-                     mask_decoder_config=dict(hidden_size=C, **dec))
-
-def build_segmenter(cfg: AuroraConfig) -> SamModel:
-    "SAM: random from `model.sam_size` when `model.from_scratch`, else `from_pretrained(model.segmenter)`; at `sam_image_size`."
-    m = cfg.model
-    dtype = getattr(torch, m.dtype)
-    if m.from_scratch:
-        torch.manual_seed(cfg.seed + 1)
-        sam = SamModel(sam_config(m)).to(dtype)
-    else:
-        src = str(resolve_path(m.segmenter)) if resolve_path(m.segmenter).exists() else m.segmenter
-        sam = SamModel.from_pretrained(src, dtype=dtype)
-    sam = adapt_sam_image_size(sam, m.sam_image_size)
-    C = sam.config.prompt_encoder_config.hidden_size
-    if C != m.prompt_dim: raise ValueError(f"model.prompt_dim={m.prompt_dim} but the SAM prompt width is {C}")
-    return sam
 
 # %% ../nbs/05_model.ipynb #m4bmc
 def build_model(cfg: AuroraConfig,  # the run config; tiny and full differ only in values
@@ -502,6 +412,19 @@ def master_weights_fp32(model: nn.Module) -> nn.Module:
         if p.requires_grad and p.dtype != torch.float32: p.data = p.data.float()
     return model
 
+# %% ../nbs/05_model.ipynb #m4lorac
+def lora_modules(model: nn.Module) -> list[str]:
+    "Names of the modules that carry LoRA adapters (print them at start-up, as the method asks)."
+    return [n for n, mod in model.named_modules() if hasattr(mod, "lora_A") and len(getattr(mod, "lora_A"))]
+
+def lora_summary(model: nn.Module) -> str:
+    "The adapted modules, layer numbers folded: one line per pattern with its count."
+    import re
+    from collections import Counter
+    pats = Counter(re.sub(r"\.\d+\.", ".*.", n.removeprefix("thinker.base_model.model.")) for n in lora_modules(model))
+    return "\n".join([f"LoRA on {sum(pats.values())} modules:"] + [f"  {p}  x{c}" for p, c in sorted(pats.items())])
+
+# %% ../nbs/05_model.ipynb #m4applyc
 def apply_trainable_policy(model: AuroraModel,
                            verbose: bool = True,  # print the adapted modules (start-up log)
                           ) -> AuroraModel:
@@ -566,16 +489,131 @@ def print_trainable(model: nn.Module) -> None:
     "Print `trainable_table(model)`."
     print(trainable_table(model).to_string())
 
-def lora_modules(model: nn.Module) -> list[str]:
-    "Names of the modules that carry LoRA adapters (print them at start-up, as the method asks)."
-    return [n for n, mod in model.named_modules() if hasattr(mod, "lora_A") and len(getattr(mod, "lora_A"))]
+# %% ../nbs/05_model.ipynb #m4devp
+@patch(as_prop=True)
+def device(self: AuroraModel) -> torch.device:
+    "Where inputs go: the device of the input embeddings (the first shard of a sharded model)."
+    return thinker_base(self).get_input_embeddings().weight.device
 
-def lora_summary(model: nn.Module) -> str:
-    "The adapted modules, layer numbers folded: one line per pattern with its count."
-    import re
-    from collections import Counter
-    pats = Counter(re.sub(r"\.\d+\.", ".*.", n.removeprefix("thinker.base_model.model.")) for n in lora_modules(model))
-    return "\n".join([f"LoRA on {sum(pats.values())} modules:"] + [f"  {p}  x{c}" for p, c in sorted(pats.items())])
+@patch
+def autocast(self: AuroraModel):
+    "Autocast to `model.dtype` on the model's device (a no-op for float32)."
+    return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
+
+# %% ../nbs/05_model.ipynb #m4ckpt
+@patch
+def activation_checkpointing_enable(self: AuroraModel, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                    offload: bool = False):
+    "Activation checkpointing in the thinker's layers (what `Trainer(gradient_checkpointing=True)` calls)."
+    kw = activation_checkpointing_kwargs or {"use_reentrant": False}
+    thinker_base(self).activation_checkpointing_enable(kw, every_n_layers=every_n_layers, offload=offload)
+
+@patch
+def gradient_checkpointing_enable(self: AuroraModel, gradient_checkpointing_kwargs=None, **kwargs):
+    "The older name of `activation_checkpointing_enable`."
+    self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+@patch
+def gradient_checkpointing_disable(self: AuroraModel):
+    "Switch activation checkpointing off again."
+    thinker_base(self).activation_checkpointing_disable()
+
+# %% ../nbs/05_model.ipynb #m4emb
+@patch
+def image_embeddings(self: AuroraModel, pixel_values: torch.Tensor,  # SAM inputs [B, T, 3, S, S]
+                    ) -> torch.Tensor:
+    "SAM image embeddings [B, T, C, h, w]; without autograd when the encoder is frozen."
+    B, T = pixel_values.shape[:2]
+    enc = self.sam.vision_encoder
+    x = pixel_values.reshape(B * T, *pixel_values.shape[2:]).to(self.device, next(enc.parameters()).dtype)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and sam_encoder_trainable(self)):
+        emb = enc(pixel_values=x).last_hidden_state  # [B*T, C, h, w]
+    return emb.reshape(B, T, *emb.shape[1:])
+
+@patch
+def sam_embeddings(self: AuroraModel, sam_pixel_values: torch.Tensor | None = None,  # [B, T, 3, S, S]
+                   sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w], used as given
+                   sam_frame_keys: list[list[str]] | None = None,  # frame hashes: look up the cache
+                  ) -> torch.Tensor:
+    "SAM frame embeddings [B, T, C, h, w]: given, from the cache (frozen encoder), or computed here."
+    if sam_image_embeddings is not None: return sam_image_embeddings.to(self.device)
+    if sam_pixel_values is None: raise ValueError("forward needs sam_pixel_values or sam_image_embeddings")
+    if self.embedding_cache is not None and sam_frame_keys is not None and not sam_encoder_trainable(self):
+        return self.embedding_cache.lookup(sam_frame_keys, sam_pixel_values).to(self.device)
+    return self.image_embeddings(sam_pixel_values)
+
+# %% ../nbs/05_model.ipynb #m4sizes
+@patch
+def masks_at_sizes(self: AuroraModel, low: torch.Tensor,  # low-res logits [B, T, 4h, 4w]
+                   mask_sizes: torch.Tensor | None = None,  # [B, 2] (H, W) of each sample; None: S×S
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Mask logits [B, T, Hmax, Wmax] float32, sample b valid in [:H_b, :W_b] (S×S without sizes), and the sizes [B, 2]."
+    S = self.sam_image_size
+    if mask_sizes is None: return F.interpolate(low.float(), size=(S, S), mode="bilinear", align_corners=False), None
+    mask_sizes = torch.as_tensor(mask_sizes).reshape(-1, 2)
+    Hm, Wm = (int(v) for v in mask_sizes.max(0).values)
+    masks = low.new_zeros(*low.shape[:2], Hm, Wm, dtype=torch.float32)  # [B, T, Hmax, Wmax]
+    for b, (h, w) in enumerate(mask_sizes.tolist()):
+        masks[b, :, :h, :w] = masks_to_original(low[b], S, (h, w))
+    return masks, mask_sizes
+
+# %% ../nbs/05_model.ipynb #m4obj
+@patch
+def sft_objective(self: AuroraModel, ce: torch.Tensor | None,  # LM cross-entropy over the answer (None without labels)
+                  masks: torch.Tensor,  # [B, T, Hmax, Wmax] float32 logits
+                  gt_masks: torch.Tensor | None = None,  # [B, T, Hmax, Wmax] {0, 1}, padded right/bottom
+                  mask_sizes: torch.Tensor | None = None,  # [B, 2] (H, W): each sample's valid region
+                 ) -> tuple:
+    "(loss, bce, dice): λ_ce·CE + λ_bce·BCE + λ_dice·Dice, the mask terms over each sample's valid pixels."
+    w = self.loss_weights
+    loss = ce * w["ce"] if ce is not None else None
+    if gt_masks is None: return loss, None, None
+    if mask_sizes is None: raise ValueError("gt_masks need mask_sizes (the (H, W) of each sample)")
+    valid = size_mask(mask_sizes.to(masks.device), masks.shape[-2:])  # [B, 1, Hmax, Wmax]
+    gt = gt_masks.to(masks.device)
+    bce, dice = bce_loss(masks, gt, valid), dice_loss(masks, gt, valid)
+    mask_loss = w["bce"] * bce + w["dice"] * dice
+    return (mask_loss if loss is None else loss + mask_loss), bce, dice
+
+# %% ../nbs/05_model.ipynb #m4fwd
+@patch
+def forward(self: AuroraModel, input_ids: torch.Tensor,  # [B, L] processor ids (placeholders expanded)
+            attention_mask: torch.Tensor | None = None,  # [B, L]
+            labels: torch.Tensor | None = None,  # [B, L], -100 outside the answer
+            answer_mask: torch.Tensor | None = None,  # [B, L] the answer span when there are no labels
+            pixel_values_videos: torch.Tensor | None = None,  # the processor's video patches
+            video_grid_thw: torch.Tensor | None = None,
+            video_second_per_grid: torch.Tensor | None = None,
+            input_features: torch.Tensor | None = None,  # Whisper log-mel [B, 128, frames]
+            feature_attention_mask: torch.Tensor | None = None,
+            pixel_values: torch.Tensor | None = None,  # image patches (unused by Ref-AVS)
+            image_grid_thw: torch.Tensor | None = None,
+            sam_pixel_values: torch.Tensor | None = None,  # [B, T, 3, S, S]
+            sam_image_embeddings: torch.Tensor | None = None,  # [B, T, C, h, w]
+            sam_frame_keys: list[list[str]] | None = None,  # frame hashes for the embedding cache
+            mask_sizes: torch.Tensor | None = None,  # [B, 2] (H, W) of each sample's frames
+            gt_masks: torch.Tensor | None = None,  # [B, T, Hmax, Wmax] {0, 1}, padded right/bottom
+           ) -> AuroraOutput:
+    "Losses, LM logits, the [SEG] state and prompt, and the T mask logits of each sample at its own size."
+    if labels is None and answer_mask is None:
+        raise ValueError("forward needs labels or answer_mask: [SEG] is searched in the answer only")
+    mm = dict(pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+              video_second_per_grid=video_second_per_grid, input_features=input_features,
+              feature_attention_mask=feature_attention_mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+    with self.autocast():
+        out = self.thinker(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                           output_hidden_states=True, use_cache=False, **{k: v for k, v in mm.items() if v is not None})
+        ans = labels != -100 if labels is not None else answer_mask
+        seg_h, found = seg_hidden_states(out.hidden_states[-1], input_ids, self.seg_token_id, ans)  # [B, d]
+        prompts = self.projector(seg_h)  # [B, C]
+        emb = self.sam_embeddings(sam_pixel_values, sam_image_embeddings, sam_frame_keys)  # [B, T, C, h, w]
+        low = decode_masks(self.sam, prompts, emb)  # [B, T, 4h, 4w]
+    masks, mask_sizes = self.masks_at_sizes(low, mask_sizes)  # [B, T, Hmax, Wmax] float32
+    ce = out.loss.float() if out.loss is not None else None
+    loss, bce, dice = self.sft_objective(ce, masks, gt_masks, mask_sizes)
+    return AuroraOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=out.logits, seg_hidden=seg_h,
+                        seg_embeddings=prompts, seg_found=found, low_res_masks=low, mask_logits=masks,
+                        mask_sizes=mask_sizes)
 
 # %% ../nbs/05_model.ipynb #m4cachec
 def weights_fingerprint(module: nn.Module) -> str:
@@ -595,6 +633,7 @@ def frame_key(frame: np.ndarray) -> str:
     a = np.ascontiguousarray(frame)
     return hashlib.blake2b(a.tobytes() + str(a.shape).encode(), digest_size=12).hexdigest()
 
+# %% ../nbs/05_model.ipynb #m4cachecls
 class SamEmbeddingCache:
     "Per-frame SAM image embeddings on disk, keyed by frame pixels, encoder weights and input size."
     def __init__(self, model: AuroraModel, cache_dir: str | Path):
@@ -613,32 +652,34 @@ class SamEmbeddingCache:
             self.dir.mkdir(parents=True, exist_ok=True)
         return self.dir
 
-    @torch.no_grad()
-    def lookup(self, keys: Sequence[Sequence[str]],  # frame_key of each frame [B][T]
-               pixel_values: torch.Tensor,  # their SAM inputs [B, T, 3, S, S], encoded only where missing
-              ) -> torch.Tensor:
-        "Embeddings [B, T, C, h, w] (on the CPU), computing and storing only the missing frames."
-        d = self.refresh()
-        B, T = pixel_values.shape[:2]
-        flat = [k for row in keys for k in row]
-        if len(flat) != B * T: raise ValueError(f"sam_frame_keys hold {len(flat)} keys for {B}x{T} frames")
-        out: list = [torch.load(d / f"{k}.pt", weights_only=True) if (d / f"{k}.pt").exists() else None for k in flat]
-        miss = [i for i, e in enumerate(out) if e is None]
-        self.hits += len(flat) - len(miss); self.misses += len(miss)
-        if miss:
-            px = pixel_values.reshape(B * T, *pixel_values.shape[2:])[miss][None]  # [1, M, 3, S, S]
-            emb = self.model.image_embeddings(px)[0].cpu()  # [M, C, h, w]
-            for j, i in enumerate(miss):
-                out[i] = emb[j].clone()
-                path = d / f"{flat[i]}.pt"
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save(out[i], tmp); os.replace(tmp, path)  # atomic: safe with several processes
-        return torch.stack(out).reshape(B, T, *out[0].shape)
+# %% ../nbs/05_model.ipynb #m4cachelook
+@patch
+def lookup(self: SamEmbeddingCache, keys: Sequence[Sequence[str]],  # frame_key of each frame [B][T]
+           pixel_values: torch.Tensor,  # their SAM inputs [B, T, 3, S, S], encoded only where missing
+          ) -> torch.Tensor:
+    "Embeddings [B, T, C, h, w] (on the CPU), computing and storing only the missing frames."
+    d = self.refresh()
+    B, T = pixel_values.shape[:2]
+    flat = [k for row in keys for k in row]
+    if len(flat) != B * T: raise ValueError(f"sam_frame_keys hold {len(flat)} keys for {B}x{T} frames")
+    out: list = [torch.load(d / f"{k}.pt", weights_only=True) if (d / f"{k}.pt").exists() else None for k in flat]
+    miss = [i for i, e in enumerate(out) if e is None]
+    self.hits += len(flat) - len(miss); self.misses += len(miss)
+    if miss:
+        px = pixel_values.reshape(B * T, *pixel_values.shape[2:])[miss][None]  # [1, M, 3, S, S]
+        with torch.no_grad(): emb = self.model.image_embeddings(px)[0].cpu()  # [M, C, h, w]
+        for j, i in enumerate(miss):
+            out[i] = emb[j].clone()
+            path = d / f"{flat[i]}.pt"
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(out[i], tmp); os.replace(tmp, path)  # atomic: safe with several processes
+    return torch.stack(out).reshape(B, T, *out[0].shape)
 
-    def __call__(self, frames: np.ndarray,  # uint8 [T, H, W, 3]
-                ) -> torch.Tensor:
-        "Embeddings [T, C, h, w] of one clip's frames."
-        return self.lookup([[frame_key(f) for f in frames]], sam_preprocess(frames, self.size)[None])[0]
+@patch
+def __call__(self: SamEmbeddingCache, frames: np.ndarray,  # uint8 [T, H, W, 3]
+            ) -> torch.Tensor:
+    "Embeddings [T, C, h, w] of one clip's frames."
+    return self.lookup([[frame_key(f) for f in frames]], sam_preprocess(frames, self.size)[None])[0]
 
 def enable_embedding_cache(model: AuroraModel, cache_dir: str | Path | None = None) -> SamEmbeddingCache | None:
     "Attach a `SamEmbeddingCache` when `model.cache_sam_embeddings` is on and the SAM encoder is frozen."
@@ -661,48 +702,74 @@ class AuroraCollator:
     build_messages: Callable[[str], list] = dataclasses.field(kw_only=True)  # expression -> chat messages (`aurora_nb.cot.build_messages`)
 
     def __call__(self, items: Sequence[dict]) -> dict:
-        cfg, proc = self.config, self.processor
-        tok = proc.tokenizer
-        texts = [proc.apply_chat_template(self.build_messages(it["expression"]), add_generation_prompt=True, tokenize=False)
-                 for it in items]
-        answers = None
-        if self.answer_key is not None:
-            missing = [i for i, it in enumerate(items) if self.answer_key not in it]
-            if missing: raise KeyError(f"items {missing} have no {self.answer_key!r} (the assistant text the collator trains on)")
-            answers = [it[self.answer_key] for it in items]
-            texts = [t + a + "<|im_end|>" for t, a in zip(texts, answers)]
+        "The batch of `items`: chat texts, processor tensors (right-padded rows, left-padded prompts), labels, SAM inputs."
+        cfg = self.config
+        texts, answers = self.chat_texts(items)
         videos = [np.asarray(it["frames"])[llm_frame_indices(len(it["frames"]), cfg.data.llm_frames)] for it in items]
-        batch = dict(proc(text=texts, videos=videos, audio=[llm_audio(it["audio"], cfg) for it in items],
-                          videos_kwargs=videos_kwargs(cfg), padding=True, return_tensors="pt",
-                          padding_side="right" if answers is not None else "left"))  # a call argument: no side effect
-        lengths = batch["attention_mask"].sum(1)
-        if self.check_length and (lengths > cfg.model.max_length).any():
-            rows = [(i, int(n)) for i, n in enumerate(lengths) if n > cfg.model.max_length]
-            raise ValueError(f"rows {rows} (row, tokens) are longer than model.max_length={cfg.model.max_length}; "
-                             "shorten the answer, lower data.llm_frames / data.llm_max_pixels or raise model.max_length")
-        if answers is not None:
-            labels = torch.full_like(batch["input_ids"], -100)
-            for b, a in enumerate(answers):
-                ans = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-                end = int(lengths[b])  # right padding: the row ends here
-                if batch["input_ids"][b, end - len(ans):end].tolist() != ans:
-                    raise ValueError(f"answer {a!r} of row {b} does not tokenise the same inside the chat")
-                labels[b, end - len(ans):end] = batch["input_ids"][b, end - len(ans):end]
-            batch["labels"] = labels
-        S = cfg.model.sam_image_size
-        batch["sam_pixel_values"] = torch.stack([sam_preprocess(it["frames"], S) for it in items])  # [B, T, 3, S, S]
-        if self.frame_keys: batch["sam_frame_keys"] = [[frame_key(f) for f in it["frames"]] for it in items]
-        sizes = torch.tensor([np.asarray(it["frames"]).shape[1:3] for it in items])  # [B, 2]
-        batch["mask_sizes"] = sizes
-        if all("masks" in it for it in items):
-            Hm, Wm = (int(v) for v in sizes.max(0).values)
-            gt = torch.zeros(len(items), len(items[0]["masks"]), Hm, Wm)  # [B, T, Hmax, Wmax], padded right/bottom
-            for b, it in enumerate(items):
-                m = torch.as_tensor(np.asarray(it["masks"])).float()
-                gt[b, :, :m.shape[-2], :m.shape[-1]] = m
-            batch["gt_masks"] = gt
+        batch = dict(self.processor(text=texts, videos=videos, audio=[llm_audio(it["audio"], cfg) for it in items],
+                                    videos_kwargs=videos_kwargs(cfg), padding=True, return_tensors="pt",
+                                    padding_side="right" if answers is not None else "left"))  # a call argument: no side effect
+        if self.check_length: self.check_lengths(batch)
+        if answers is not None: batch["labels"] = self.answer_labels(batch, answers)
+        batch.update(self.sam_inputs(items))
         return batch
 
+# %% ../nbs/05_model.ipynb #m4chat
+@patch
+def chat_texts(self: AuroraCollator, items: Sequence[dict]) -> tuple[list[str], list[str] | None]:
+    "Each item's chat text (with its answer and `<|im_end|>` when training), and the answers (None for prompts)."
+    proc = self.processor
+    texts = [proc.apply_chat_template(self.build_messages(it["expression"]), add_generation_prompt=True, tokenize=False)
+             for it in items]
+    if self.answer_key is None: return texts, None
+    missing = [i for i, it in enumerate(items) if self.answer_key not in it]
+    if missing: raise KeyError(f"items {missing} have no {self.answer_key!r} (the assistant text the collator trains on)")
+    answers = [it[self.answer_key] for it in items]
+    return [t + a + "<|im_end|>" for t, a in zip(texts, answers)], answers
+
+# %% ../nbs/05_model.ipynb #m4samin
+@patch
+def sam_inputs(self: AuroraCollator, items: Sequence[dict]) -> dict:
+    "SAM pixel values [B, T, 3, S, S], frame keys [B][T], `mask_sizes` [B, 2] and, when all items have masks, `gt_masks`."
+    S = self.config.model.sam_image_size
+    out = {"sam_pixel_values": torch.stack([sam_preprocess(it["frames"], S) for it in items])}  # [B, T, 3, S, S]
+    if self.frame_keys: out["sam_frame_keys"] = [[frame_key(f) for f in it["frames"]] for it in items]
+    sizes = torch.tensor([np.asarray(it["frames"]).shape[1:3] for it in items])  # [B, 2]
+    out["mask_sizes"] = sizes
+    if all("masks" in it for it in items):
+        Hm, Wm = (int(v) for v in sizes.max(0).values)
+        gt = torch.zeros(len(items), len(items[0]["masks"]), Hm, Wm)  # [B, T, Hmax, Wmax], padded right/bottom
+        for b, it in enumerate(items):
+            m = torch.as_tensor(np.asarray(it["masks"])).float()
+            gt[b, :, :m.shape[-2], :m.shape[-1]] = m
+        out["gt_masks"] = gt
+    return out
+
+# %% ../nbs/05_model.ipynb #m4labc
+@patch
+def check_lengths(self: AuroraCollator, batch: dict) -> None:
+    "Raise, naming the rows and the settings to change, when a row is longer than `model.max_length`."
+    lengths, limit = batch["attention_mask"].sum(1), self.config.model.max_length
+    if (lengths > limit).any():
+        rows = [(i, int(n)) for i, n in enumerate(lengths) if n > limit]
+        raise ValueError(f"rows {rows} (row, tokens) are longer than model.max_length={limit}; "
+                         "shorten the answer, lower data.llm_frames / data.llm_max_pixels or raise model.max_length")
+
+@patch
+def answer_labels(self: AuroraCollator, batch: dict,  # right-padded processor output
+                  answers: Sequence[str]) -> torch.Tensor:
+    "Labels [B, L]: the ids of each row's answer + `<|im_end|>` (found from the row's end), -100 elsewhere."
+    tok, lengths = self.processor.tokenizer, batch["attention_mask"].sum(1)
+    labels = torch.full_like(batch["input_ids"], -100)
+    for b, a in enumerate(answers):
+        ans = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        end = int(lengths[b])  # right padding: the row ends here
+        if batch["input_ids"][b, end - len(ans):end].tolist() != ans:
+            raise ValueError(f"answer {a!r} of row {b} does not tokenise the same inside the chat")
+        labels[b, end - len(ans):end] = batch["input_ids"][b, end - len(ans):end]
+    return labels
+
+# %% ../nbs/05_model.ipynb #m4mic
 def prepare_batch(model: AuroraModel,
                   items: Sequence[dict],  # RefAVSDataset items (or dicts of the same shape)
                   answers: Sequence[str] | None = None,  # assistant texts; None builds generation prompts
@@ -719,6 +786,29 @@ def model_inputs(batch: dict, device=None) -> dict:
     keep = set(inspect.signature(AuroraModel.forward).parameters) - {"self"}
     return {k: (v.to(device) if device is not None and torch.is_tensor(v) else v) for k, v in batch.items() if k in keep}
 
+# %% ../nbs/05_model.ipynb #m4devc
+def run_device(device: str | torch.device | None = None,  # a device to use instead of the run's
+              ) -> torch.device:
+    "The device a model loaded outside a `Trainer` runs on: `device`, else accelerate's for this process (cuda when visible)."
+    if device is not None and str(device) != "auto": return torch.device(device)
+    from accelerate import PartialState
+    return PartialState().device
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    "Where the model's inputs go: its own `device` when it has one (`AuroraModel`: the input embeddings'), else its first parameter's."
+    dev = getattr(model, "device", None)
+    return dev if isinstance(dev, torch.device) else next(model.parameters()).device
+
+def place(model: torch.nn.Module,  # a model loaded outside a Trainer
+          device: str | torch.device | None = None,  # None or "auto": `run_device()`
+          quiet: bool = False,  # True: no line on stderr
+         ) -> torch.nn.Module:
+    "Move `model` to `run_device(device)` in eval mode, and say where it runs."
+    dev = run_device(device)
+    model = model.to(dev).eval()
+    if not quiet: print(f"{type(model).__name__} runs on {model_device(model)}", file=sys.stderr)
+    return model
+
 # %% ../nbs/05_model.ipynb #m4cheapc
 def completion_logprobs(model: AuroraModel,
                         batch: dict,  # a collated batch (prompt + answer rows)
@@ -726,7 +816,7 @@ def completion_logprobs(model: AuroraModel,
                        ) -> torch.Tensor:
     "Log-probs [B, L] of the completion tokens (0 elsewhere): last hidden state only, `lm_head` only where needed."
     base = thinker_base(model)
-    dev = model.device
+    dev = model_device(model)
     ids = batch["input_ids"].to(dev)
     comp = (batch["labels"] != -100 if completion_mask is None else completion_mask.bool()).to(dev)
     mm = {k: batch[k].to(dev) for k in THINKER_INPUTS if k in batch}
@@ -739,135 +829,6 @@ def completion_logprobs(model: AuroraModel,
     out = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
     out[b, p + 1] = lp
     return out
-
-# %% ../nbs/05_model.ipynb #m4infc
-@dataclasses.dataclass
-class Prediction:
-    "One sample's inference result."
-    text: str  # decoded answer (special tokens skipped; [SEG] kept), with the fallback when one was appended: what prompted SAM
-    used_fallback: bool  # True when `eval.seg_fallback` had to be appended
-    mask_logits: torch.Tensor  # [T, H, W] float32 logits at the item's original frame size
-    seg_embedding: torch.Tensor  # [C] the SAM prompt
-    answer_ids: list[int] = dataclasses.field(default_factory=list)  # answer token ids (fallback included, no eos)
-    generated: str | None = None  # the model's own words, without the fallback (None: same as `text`)
-
-    @property
-    def own_text(self) -> str:
-        "What the model wrote: `text` without an appended fallback. Judge formats and errors on this, not on `text`."
-        return self.text if self.generated is None else self.generated
-
-def answer_rows(batch: dict,  # a left-padded generation batch
-                answer_ids: Sequence[Sequence[int]],  # per row, the ids to append
-                pad_id: int) -> dict:
-    "`input_ids`, `attention_mask` and `answer_mask` of prompt + answer rows, left-padded like the prompts."
-    rows, spans = [], []
-    for b, ids in enumerate(answer_ids):
-        prompt = batch["input_ids"][b][batch["attention_mask"][b].bool()].tolist()
-        rows.append(prompt + list(ids)); spans.append(len(ids))
-    L = max(map(len, rows))
-    out = {"input_ids": torch.tensor([[pad_id] * (L - len(r)) + r for r in rows]),
-           "attention_mask": torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])}
-    out["answer_mask"] = torch.tensor([[0] * (L - n) + [1] * n for n in spans])
-    return out
-
-@torch.no_grad()
-def generate_answers(model: AuroraModel, batch: dict, max_new_tokens: int | None = None, **gen_kwargs):
-    "Greedy answers of a generation batch: (answer ids per row without eos, the raw `generate` output)."
-    tok = model.tokenizer
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-    inputs = {k: v for k, v in model_inputs(batch, model.device).items() if k in ("input_ids", "attention_mask", *THINKER_INPUTS)}
-    kw = dict(do_sample=False, max_new_tokens=max_new_tokens or model.config.eval.max_new_tokens, eos_token_id=eos,
-              pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(MM_SUPPRESS))
-    kw.update(gen_kwargs)
-    with model.autocast(): gen = model.thinker.generate(**inputs, **kw)
-    seqs = gen.sequences if hasattr(gen, "sequences") else gen
-    L = inputs["input_ids"].shape[1]
-    answers = []
-    for row in seqs[:, L:].tolist():
-        answers.append(row[:row.index(eos)] if eos in row else row)
-    return answers, gen
-
-def seg_states_from_generate(gen, prompt_len: int,  # `generate(..., output_hidden_states=True)` output; prompt width L
-                             answer_ids: Sequence[Sequence[int]],  # generated ids per row (no eos)
-                             seg_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "The state at the last [SEG] of each answer [B, d] and whether `generate` computed it [B] (never the prompt's)."
-    # step 0 holds the prompt's states [B, L, d]; step k >= 1 the state of new token k-1 [B, 1, d]
-    hidden = torch.cat([step[-1] for step in gen.hidden_states], 1)  # [B, L + n - 1, d]
-    B = hidden.shape[0]
-    idx, found = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
-    for b, ids in enumerate(answer_ids):
-        if seg_token_id in ids:
-            pos = prompt_len + len(ids) - 1 - ids[::-1].index(seg_token_id)
-            if pos < hidden.shape[1]: idx[b], found[b] = pos, True  # the last new token's state is never computed
-    return hidden[torch.arange(B), idx.to(hidden.device)], found.to(hidden.device)
-
-@torch.no_grad()
-def predict(model: AuroraModel,
-            items: Sequence[dict],  # RefAVSDataset items; frame sizes may differ
-            max_new_tokens: int | None = None,  # default: eval.max_new_tokens
-            *, build_messages: Callable[[str], list],  # expression -> chat messages (`aurora_nb.cot.build_messages`)
-            **gen_kwargs,  # passed to `generate` (e.g. logits_processor)
-           ) -> list[Prediction]:
-    "Batched greedy answers; [SEG] states from `generate` (a thinker pass only for fallback rows); T masks per item."
-    was_training = model.training
-    model.eval()
-    tok, dev = model.tokenizer, model.device
-    collate = AuroraCollator(model.processor, model.config, answer_key=None, build_messages=build_messages)
-    batch = collate(items)
-    answer_ids, gen = generate_answers(model, batch, max_new_tokens, return_dict_in_generate=True,
-                                       output_hidden_states=True, **gen_kwargs)
-    states, found = seg_states_from_generate(gen, batch["input_ids"].shape[1], answer_ids, model.seg_token_id)
-    del gen
-    fb_ids = tok(model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
-    space = tok(" " + model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
-    fallback = [model.seg_token_id not in ids for ids in answer_ids]
-    own = [tok.decode(ids, skip_special_tokens=True) for ids in answer_ids]
-    answer_ids = [ids + ((space if ids else fb_ids) if fb else []) for ids, fb in zip(answer_ids, fallback)]
-    redo = [b for b in range(len(items)) if not found[b]]  # fallback rows (and a [SEG] that came last)
-    if redo:
-        sub = collate([items[b] for b in redo])
-        rows = answer_rows(sub, [answer_ids[b] for b in redo], tok.pad_token_id)
-        mm = {k: sub[k].to(dev) for k in THINKER_INPUTS if k in sub}
-        with model.autocast():
-            h = thinker_base(model).model(input_ids=rows["input_ids"].to(dev), attention_mask=rows["attention_mask"].to(dev),
-                                          use_cache=False, **mm).last_hidden_state  # [R, L', d]
-        st, _ = seg_hidden_states(h, rows["input_ids"].to(dev), model.seg_token_id, rows["answer_mask"].to(dev))
-        states = states.clone(); states[redo] = st.to(states.dtype)
-    with model.autocast():
-        prompts = model.projector(states)  # [B, C]
-        emb = model.sam_embeddings(batch["sam_pixel_values"], None, batch.get("sam_frame_keys"))
-        low = decode_masks(model.sam, prompts, emb)  # [B, T, 4h, 4w]
-    model.train(was_training)
-    preds = []
-    for b, it in enumerate(items):
-        h, w = batch["mask_sizes"][b].tolist()
-        preds.append(Prediction(text=tok.decode(answer_ids[b], skip_special_tokens=True), used_fallback=fallback[b],
-                                mask_logits=masks_to_original(low[b], model.sam_image_size, (h, w)).cpu(),
-                                seg_embedding=prompts[b].float().cpu(), answer_ids=list(answer_ids[b]),
-                                generated=own[b] if fallback[b] else None))
-    return preds
-
-# %% ../nbs/05_model.ipynb #m4devc
-def run_device(device: str | torch.device | None = None,  # a device to use instead of the run's
-              ) -> torch.device:
-    "The device a model loaded outside a `Trainer` runs on: `device`, else accelerate's for this process (cuda when visible)."
-    if device is not None and str(device) != "auto": return torch.device(device)
-    from accelerate import PartialState
-    return PartialState().device
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    "The device of the model's first parameter (where its forward runs)."
-    return next(model.parameters()).device
-
-def place(model: torch.nn.Module,  # a model loaded outside a Trainer
-          device: str | torch.device | None = None,  # None or "auto": `run_device()`
-          quiet: bool = False,  # True: no line on stderr
-         ) -> torch.nn.Module:
-    "Move `model` to `run_device(device)` in eval mode, and say where it runs."
-    dev = run_device(device)
-    model = model.to(dev).eval()
-    if not quiet: print(f"{type(model).__name__} runs on {model_device(model)}", file=sys.stderr)
-    return model
 
 # %% ../nbs/05_model.ipynb #m4savec
 CONFIG_FILE, WEIGHTS_FILE, PROCESSOR_DIR = "aurora_config.yaml", "model.safetensors", "processor"
@@ -905,3 +866,129 @@ def from_pretrained(path: str | Path,  # a folder written by `save_pretrained`
 
 AuroraModel.save_pretrained = save_pretrained
 AuroraModel.from_pretrained = staticmethod(from_pretrained)
+
+# %% ../nbs/05_model.ipynb #m4predc
+@dataclasses.dataclass
+class Prediction:
+    "One sample's inference result."
+    text: str  # decoded answer (special tokens skipped; [SEG] kept), with the fallback when one was appended: what prompted SAM
+    used_fallback: bool  # True when `eval.seg_fallback` had to be appended
+    mask_logits: torch.Tensor  # [T, H, W] float32 logits at the item's original frame size
+    seg_embedding: torch.Tensor  # [C] the SAM prompt
+    answer_ids: list[int] = dataclasses.field(default_factory=list)  # answer token ids (fallback included, no eos)
+    generated: str | None = None  # the model's own words, without the fallback (None: same as `text`)
+
+    @property
+    def own_text(self) -> str:
+        "What the model wrote: `text` without an appended fallback. Judge formats and errors on this, not on `text`."
+        return self.text if self.generated is None else self.generated
+
+# %% ../nbs/05_model.ipynb #m4rowsc
+def answer_rows(batch: dict,  # a left-padded generation batch
+                answer_ids: Sequence[Sequence[int]],  # per row, the ids to append
+                pad_id: int) -> dict:
+    "`input_ids`, `attention_mask` and `answer_mask` of prompt + answer rows, left-padded like the prompts."
+    rows, spans = [], []
+    for b, ids in enumerate(answer_ids):
+        prompt = batch["input_ids"][b][batch["attention_mask"][b].bool()].tolist()
+        rows.append(prompt + list(ids)); spans.append(len(ids))
+    L = max(map(len, rows))
+    out = {"input_ids": torch.tensor([[pad_id] * (L - len(r)) + r for r in rows]),
+           "attention_mask": torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])}
+    out["answer_mask"] = torch.tensor([[0] * (L - n) + [1] * n for n in spans])
+    return out
+
+# %% ../nbs/05_model.ipynb #m4genc
+@torch.no_grad()
+def generate_answers(model: AuroraModel, batch: dict, max_new_tokens: int | None = None, **gen_kwargs):
+    "Greedy answers of a generation batch: (answer ids per row without eos, the raw `generate` output)."
+    tok = model.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    inputs = {k: v for k, v in model_inputs(batch, model_device(model)).items()
+              if k in ("input_ids", "attention_mask", *THINKER_INPUTS)}
+    kw = dict(do_sample=False, max_new_tokens=max_new_tokens or model.config.eval.max_new_tokens, eos_token_id=eos,
+              pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(MM_SUPPRESS))
+    kw.update(gen_kwargs)
+    with model.autocast(): gen = model.thinker.generate(**inputs, **kw)
+    seqs = gen.sequences if hasattr(gen, "sequences") else gen
+    L = inputs["input_ids"].shape[1]
+    answers = []
+    for row in seqs[:, L:].tolist():
+        answers.append(row[:row.index(eos)] if eos in row else row)
+    return answers, gen
+
+# %% ../nbs/05_model.ipynb #m4segs
+def seg_states_from_generate(gen, prompt_len: int,  # `generate(..., output_hidden_states=True)` output; prompt width L
+                             answer_ids: Sequence[Sequence[int]],  # generated ids per row (no eos)
+                             seg_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "The state at the last [SEG] of each answer [B, d] and whether `generate` computed it [B] (never the prompt's)."
+    # step 0 holds the prompt's states [B, L, d]; step k >= 1 the state of new token k-1 [B, 1, d]
+    hidden = torch.cat([step[-1] for step in gen.hidden_states], 1)  # [B, L + n - 1, d]
+    B = hidden.shape[0]
+    idx, found = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+    for b, ids in enumerate(answer_ids):
+        if seg_token_id in ids:
+            pos = prompt_len + len(ids) - 1 - ids[::-1].index(seg_token_id)
+            if pos < hidden.shape[1]: idx[b], found[b] = pos, True  # the last new token's state is never computed
+    return hidden[torch.arange(B), idx.to(hidden.device)], found.to(hidden.device)
+
+# %% ../nbs/05_model.ipynb #m4fbc
+def with_seg_fallback(model: AuroraModel, answer_ids: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[bool]]:
+    "Answers with `eval.seg_fallback` appended where they have no `[SEG]` (after a space unless empty), and which got it."
+    tok = model.tokenizer
+    fb_ids = tok(model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
+    space = tok(" " + model.config.eval.seg_fallback, add_special_tokens=False)["input_ids"]
+    fallback = [model.seg_token_id not in ids for ids in answer_ids]
+    return [list(ids) + ((space if ids else fb_ids) if fb else []) for ids, fb in zip(answer_ids, fallback)], fallback
+
+@torch.no_grad()
+def answer_seg_states(model: AuroraModel, batch: dict,  # left-padded generation prompts
+                      answer_ids: Sequence[Sequence[int]],  # per row, the answer ids (with any fallback)
+                     ) -> torch.Tensor:
+    "[SEG] states [R, d] of prompt + answer rows: one thinker pass, last hidden state only, no logits."
+    dev = model_device(model)
+    rows = answer_rows(batch, answer_ids, model.tokenizer.pad_token_id)
+    mm = {k: batch[k].to(dev) for k in THINKER_INPUTS if k in batch}
+    with model.autocast():
+        h = thinker_base(model).model(input_ids=rows["input_ids"].to(dev), attention_mask=rows["attention_mask"].to(dev),
+                                      use_cache=False, **mm).last_hidden_state  # [R, L', d]
+    st, _ = seg_hidden_states(h, rows["input_ids"].to(dev), model.seg_token_id, rows["answer_mask"].to(dev))
+    return st
+
+# %% ../nbs/05_model.ipynb #m4infc
+@torch.no_grad()
+def predict(model: AuroraModel,
+            items: Sequence[dict],  # RefAVSDataset items; frame sizes may differ
+            max_new_tokens: int | None = None,  # default: eval.max_new_tokens
+            *, build_messages: Callable[[str], list],  # expression -> chat messages (`aurora_nb.cot.build_messages`)
+            **gen_kwargs,  # passed to `generate` (e.g. logits_processor)
+           ) -> list[Prediction]:
+    "Batched greedy answers; [SEG] states from `generate` (a thinker pass only for fallback rows); T masks per item."
+    was_training = model.training
+    model.eval()
+    tok = model.tokenizer
+    collate = AuroraCollator(model.processor, model.config, answer_key=None, build_messages=build_messages)
+    batch = collate(items)
+    answer_ids, gen = generate_answers(model, batch, max_new_tokens, return_dict_in_generate=True,
+                                       output_hidden_states=True, **gen_kwargs)
+    states, found = seg_states_from_generate(gen, batch["input_ids"].shape[1], answer_ids, model.seg_token_id)
+    del gen
+    own = [tok.decode(ids, skip_special_tokens=True) for ids in answer_ids]
+    answer_ids, fallback = with_seg_fallback(model, answer_ids)
+    redo = [b for b in range(len(items)) if not found[b]]  # fallback rows (and a [SEG] that came last)
+    if redo:
+        states = states.clone()
+        states[redo] = answer_seg_states(model, collate([items[b] for b in redo]), [answer_ids[b] for b in redo]).to(states.dtype)
+    with model.autocast():
+        prompts = model.projector(states)  # [B, C]
+        emb = model.sam_embeddings(batch["sam_pixel_values"], None, batch.get("sam_frame_keys"))  # [B, T, C, h, w]
+        low = decode_masks(model.sam, prompts, emb)  # [B, T, 4h, 4w]
+    model.train(was_training)
+    preds = []
+    for b, it in enumerate(items):
+        h, w = batch["mask_sizes"][b].tolist()
+        preds.append(Prediction(text=tok.decode(answer_ids[b], skip_special_tokens=True), used_fallback=fallback[b],
+                                mask_logits=masks_to_original(low[b], model.sam_image_size, (h, w)).cpu(),
+                                seg_embedding=prompts[b].float().cpu(), answer_ids=list(answer_ids[b]),
+                                generated=own[b] if fallback[b] else None))
+    return preds

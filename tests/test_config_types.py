@@ -46,3 +46,16 @@ def test_shipped_profiles_take_8_grpo_prompts_per_optimizer_step(path):
 
 def test_the_profiles_are_shipped():
     assert [p.stem for p in PROFILES] == ["full-1x24gb", "full-1x80gb", "full-8x80gb"]
+
+
+def test_the_tiny_preset_builds_from_any_working_directory(tmp_path):
+    "A script run outside the checkout finds the tiny preset's files in the checkout the package is installed from."
+    import subprocess, sys
+    code = ("from aurora_nb.config import get_config, path_candidates\n"
+            "from aurora_nb.model import build_model\n"
+            "m = build_model(get_config('tiny'))\n"
+            "print(type(m).__name__, len(m.tokenizer))\n")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("AuroraModel "), r.stdout

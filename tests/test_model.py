@@ -1,5 +1,5 @@
 """Tests of aurora_nb.model on the tiny preset: shapes, mixed frame sizes, trainable policy and precision, [SEG]
-read-out, Trainer compatibility, the CPU collator, cheap passes, inference, save/load, cache, SAM sizes."""
+read-out, Trainer compatibility, the CPU collator, cheap passes, inference, save/load, devices, cache, SAM sizes."""
 import pickle
 
 import numpy as np
@@ -13,9 +13,9 @@ from aurora_nb.cot import SYSTEM_PROMPT, build_messages, make_tiny_tokenizer, te
 from aurora_nb.model import (MM_SUPPRESS, AuroraCollator, AuroraModel, SegProjector, adapt_sam_image_size,
                              answer_rows, build_model, build_processor, build_tokenizer, completion_logprobs,
                              component_of, decode_masks, enable_embedding_cache, from_pretrained, generate_answers,
-                             lora_modules, masks_to_original, model_inputs, predict, prepare_batch, sam_config,
-                             sam_preprocess, sam_resized_hw, seg_hidden_states, seg_states_from_generate,
-                             trainable_table, unpad_masks)
+                             lora_modules, masks_to_original, model_device, model_inputs, predict, prepare_batch,
+                             sam_config, sam_preprocess, sam_resized_hw, seg_hidden_states, seg_states_from_generate,
+                             thinker_base, trainable_table, unpad_masks, with_seg_fallback)
 
 torch.set_num_threads(2)
 H, W = 72, 96  # non-square native frames: exercises the pad/crop path
@@ -376,6 +376,63 @@ def test_save_load_round_trip(tmp_path):
         o1, o2 = model(**batch), back(**batch)
     assert torch.equal(o1.mask_logits, o2.mask_logits) and torch.equal(o1.logits, o2.logits)
     assert back.config == model.config
+
+
+class Placed(Exception):
+    "Raised by a stand-in `run_device`: the loader asked where to place its model."
+
+
+def test_from_pretrained_places_the_model_where_asked(tmp_path, monkeypatch):
+    "device=None stays on the CPU (a Trainer places it); a device goes through `place`; 'meta' really moves it there."
+    import aurora_nb.model as M
+    folder = build_model(get_config("tiny")).save_pretrained(tmp_path / "m")
+    assert model_device(from_pretrained(folder)) == torch.device("cpu")
+    on_meta = from_pretrained(folder, device="meta")
+    assert model_device(on_meta) == on_meta.device == torch.device("meta") and not on_meta.training
+
+    def run_device(device=None): raise Placed(device)
+    monkeypatch.setattr(M, "run_device", run_device)
+    for asked in ["cuda:1", "auto"]:
+        with pytest.raises(Placed) as e:
+            from_pretrained(folder, device=asked)
+        assert e.value.args == (asked,)
+
+
+def test_model_device_is_where_inputs_go():
+    "An object's own `device` (AuroraModel: its input embeddings'; a teacher without parameters), else the first parameter's."
+    from types import SimpleNamespace
+    assert model_device(SimpleNamespace(device=torch.device("meta"))) == torch.device("meta")
+    assert model_device(torch.nn.Linear(2, 2).to("meta")) == torch.device("meta")
+
+
+def test_inference_and_cheap_passes_send_inputs_to_model_device(monkeypatch):
+    "Inputs go where `model_device` says (here a stand-in, meta), not where the collator made them (the CPU)."
+    import aurora_nb.model as M
+    model = build_model(get_config("tiny"))
+
+    class Stop(Exception): pass
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append({k: v.device.type for k, v in kwargs.items() if torch.is_tensor(v)})
+        raise Stop
+
+    monkeypatch.setattr(M, "model_device", lambda m: torch.device("meta"))
+    monkeypatch.setattr(model.thinker, "generate", spy)
+    with pytest.raises(Stop):
+        predict(model, ITEMS, max_new_tokens=2, build_messages=build_messages)
+    monkeypatch.setattr(thinker_base(model).model, "forward", spy)
+    with pytest.raises(Stop):
+        completion_logprobs(model, prepare_batch(model, ITEMS, answers=ANSWERS, build_messages=build_messages))
+    assert len(seen) == 2 and all(d and set(d.values()) == {"meta"} for d in seen), seen
+    assert {"input_ids", "attention_mask", "pixel_values_videos", "input_features"} <= set(seen[0])
+
+
+def test_seg_fallback_is_appended_only_without_seg(tiny):
+    tok = tiny.tokenizer
+    ids, fb = with_seg_fallback(tiny, [tok("It is gong [SEG].")["input_ids"], tok("It is gong.")["input_ids"], []])
+    assert fb == [False, True, True]
+    assert [tok.decode(a) for a in ids] == ["It is gong [SEG].", "It is gong. It is [SEG].", "It is [SEG]."]
 
 
 def test_not_an_aurora_folder_fails_clearly(tmp_path):

@@ -373,7 +373,9 @@ def path_candidates(path: str | Path) -> list[Path]:
     p = Path(path)
     if p.is_absolute(): return [p]
     roots = [r for r in (checkout_root(), package_checkout()) if r is not None]
-    return list(dict.fromkeys([p, *(r / p for r in roots)]))
+    found = {}
+    for c in (p, *(r / p for r in roots)): found.setdefault(c.resolve(), c)  # one entry per folder
+    return list(found.values())
 
 def display_path(path: str | Path) -> str:
     "`path` for people and stored outputs: relative to the checkout when inside it, so it reads the same in every clone."

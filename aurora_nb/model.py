@@ -41,7 +41,7 @@ from transformers import (AutoTokenizer, Qwen2Tokenizer, Qwen2VLImageProcessor, 
 from transformers.utils import ModelOutput
 
 # %% ../nbs/05_model.ipynb #m4imp3
-from .config import AuroraConfig, ModelConfig, get_config, resolve_path, save_config
+from .config import AuroraConfig, ModelConfig, get_config, path_candidates, resolve_path, save_config
 from .losses import bce_loss, dice_loss  # the mask losses of the losses chapter
 
 # %% ../nbs/05_model.ipynb #m4tokc
@@ -74,7 +74,7 @@ def build_tokenizer(cfg: AuroraConfig,  # reads model.tokenizer (or model.thinke
     if not src: raise ValueError("model.tokenizer and model.thinker are both empty: name a tokenizer folder or checkpoint")
     path = resolve_path(src)
     if m.tokenizer and not path.is_dir():
-        raise FileNotFoundError(f"model.tokenizer={m.tokenizer!r}: no such folder (looked at {path.resolve()}); "
+        raise FileNotFoundError(f"model.tokenizer={m.tokenizer!r}: no such folder (looked in {', '.join(str(c.resolve()) for c in path_candidates(m.tokenizer))}); "
                                 f"build it with aurora_nb.cot.make_tiny_tokenizer({m.tokenizer!r})")
     tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else src)
     if m.seg_token not in tok.get_vocab(): tok.add_tokens([m.seg_token], special_tokens=False)

@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.aurora-installed
 PYTEST_WORKERS ?= 2
+# RUN_SLOW=1 (what `make test-all` sets) also runs the notebook cells flagged `#| slow` and the tests marked slow.
+RUN_SLOW ?=
 
 # Tests and notebooks never touch the network; kernels inherit these.
 export HF_HUB_OFFLINE := 1
@@ -14,8 +16,12 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TRL_EXPERIMENTAL_SILENCE := 1
 export PYTHONHASHSEED := 0
+# torch's OpenMP threads sleep instead of spinning while they wait: with two test workers (and their notebook kernels
+# and launched processes) on 2 cores, spinning threads took the CPU from the working ones (28x the wall time of the
+# same steps, measured). The thread count, and so every number computed, is unchanged.
+export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: help install demo test docs export check-export check-readme readme nbdev-test pytest refresh clean
+.PHONY: help install demo test test-all docs export check-export check-readme readme nbdev-test pytest refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,8 +55,10 @@ readme: install  ## regenerate README.md from nbs/index.ipynb
 check-readme: install  ## fail if README.md differs from nbs/index.ipynb
 	$(BIN)/python tools/make_readme.py --check
 
-nbdev-test: install  ## run every notebook cell as a test (execnb)
-	$(BIN)/nbdev_test --do_print
+# Not part of `make test`: nbval (below) already executes every notebook cell and compares its output, and
+# tests/conftest.py gives it nbdev's test flags, so `make test` runs each notebook once. FLAGS=slow runs slow cells.
+nbdev-test: install  ## run the notebooks with nbdev's own runner (execnb), skipping settings.ini's tst_flags
+	$(BIN)/nbdev_test --do_print $(if $(FLAGS),--flags "$(FLAGS)")
 
 # tools/build_docs.py: nbdev's notebook processing, smalldocs for the pages (named as Quarto names them), maths as
 # MathML; `nbdev_docs` makes the published site from the same _quarto.yml with Quarto.
@@ -59,13 +67,19 @@ docs: install  ## build the documentation site into _docs/ (offline, no Quarto n
 	$(BIN)/python tools/build_docs.py _docs
 	$(BIN)/python tools/check_docs.py _docs
 
-# nbval compares every stored notebook output; tests/ holds the end-to-end and parity tests.
+# nbval executes every notebook cell and compares its stored output (each notebook runs once, on one worker:
+# --dist loadfile); tests/ holds the end-to-end and parity tests. tests/conftest.py skips what nbdev_test skips
+# (cells flagged with settings.ini's tst_flags, `#| eval: false`) and, without RUN_SLOW, the slow cells and tests.
 # pytest exits 5 when it collects nothing: that is not a failure, every other non-zero code is.
-pytest: install  ## nbval over nbs/ plus tests/
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with nbval.cfg nbs tests; \
+pytest: install  ## nbval over nbs/ plus tests/ (RUN_SLOW=1: with the slow cells and tests)
+	AURORA_NB_RUN_SLOW=$(RUN_SLOW) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
+	  --nbval --nbval-current-env --nbval-sanitize-with nbval.cfg nbs tests; \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
-test: check-export check-readme nbdev-test docs pytest  ## every check CI runs
+test: check-export check-readme docs pytest  ## every check; cells flagged `#| slow` and slow tests are skipped (their quick path runs)
+
+test-all:  ## `make test` plus the cells flagged `#| slow` and the slow tests: nothing skipped (CI runs this)
+	@$(MAKE) --no-print-directory test RUN_SLOW=1
 
 refresh: install  ## re-execute notebooks with the Jupyter kernel and strip metadata (NB=nbs/01_data.ipynb for one)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace $(or $(NB),nbs/*.ipynb)

@@ -193,3 +193,60 @@ def test_class_entries_list_classmethods_and_staticmethods():
         def h(): ...
         def _hidden(self): ...
     assert _public_methods(A) == ["f", "g", "h"]
+
+
+def _nb(cells) -> dict:
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _code(src, **kw) -> dict:
+    return {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": src, **kw}
+
+
+def _signature(name: str) -> dict:
+    "The cell nbdev's docs processing writes for an exported name: its `show_doc` entry (a signature)."
+    md = f"---\n\n### {name}\n\n```python\n\ndef {name}(\n    x\n):\n\n\n```\n\n*The doc.*"
+    return _code(f"#| echo: false\n#| output: asis\nshow_doc({name})",
+                 outputs=[{"output_type": "execute_result", "execution_count": None, "metadata": {},
+                           "data": {"text/markdown": md, "text/plain": f"def {name}(x)"}}])
+
+
+def test_a_chapter_must_show_the_source_of_its_method_functions(tmp_path):
+    "A page that shows only the signature of `grpo_loss` (or of a patched `AuroraSFTTrainer.compute_loss`) fails."
+    grpo = "def grpo_loss(x):\n    return -x.mean()  # the objective"
+    patched = "@patch\ndef compute_loss(self: AuroraSFTTrainer, model, inputs):\n    return model(**inputs).loss"
+    nbs = tmp_path / "nbs"; nbs.mkdir()
+    (nbs / "12_grpo.ipynb").write_text(json.dumps(_nb([
+        {"cell_type": "markdown", "metadata": {}, "source": "# GRPO"},
+        _code("#| exports\n" + grpo), _code("#| export\n" + patched)])))
+    fold = "#| code-fold: show\n#| code-summary: \"Exported source\"\n"
+
+    def site_for(name, *cells):
+        proc = tmp_path / f"proc-{name}"; proc.mkdir()
+        (proc / "_quarto.yml").write_text("project:\n  type: website\nwebsite:\n  title: t\n")
+        front = {"cell_type": "raw", "metadata": {}, "source": "---\noutput-file: grpo.html\ntitle: GRPO\n---"}
+        (proc / "12_grpo.ipynb").write_text(json.dumps(_nb([front, *cells])))
+        out = tmp_path / f"site-{name}"
+        build_docs.render(proc, out)
+        (out / "index.html").write_text("<html></html>")
+        return out
+
+    both = site_for("both", _signature("grpo_loss"), _code(fold + grpo),
+                    _signature("AuroraSFTTrainer.compute_loss"), _code(fold + patched))
+    assert check_docs.check_method_source(both, nbs) == []
+    assert check_docs.check_site(both, nbs) == []
+    only_sig = site_for("sig", _signature("grpo_loss"), _signature("AuroraSFTTrainer.compute_loss"), _code(fold + patched))
+    problems = check_docs.check_site(only_sig, nbs)
+    assert len(problems) == 1 and "grpo.html" in problems[0] and "defines grpo_loss" in problems[0], problems
+    assert "`#| exports`" in problems[0]
+    none = site_for("none", _signature("grpo_loss"), _code(fold + grpo), _signature("AuroraSFTTrainer.compute_loss"))
+    problems = check_docs.check_method_source(none, nbs)
+    assert len(problems) == 1 and "AuroraSFTTrainer.compute_loss" in problems[0], problems
+
+
+def test_every_listed_method_function_is_defined_in_a_chapter(tmp_path):
+    "The list of method functions follows the code: a renamed or moved name is reported, not silently skipped."
+    assert check_docs.check_method_list() == []
+    assert {m for m in check_docs.METHOD_FUNCTIONS} >= {"losses", "model", "cot", "reflect", "rewards", "grpo", "sft"}
+    problems = check_docs.check_method_list(names={"grpo": ["grpo_loss", "no_such_objective"]})
+    assert len(problems) == 1 and "no_such_objective" in problems[0], problems

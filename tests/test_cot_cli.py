@@ -18,7 +18,7 @@ from aurora_nb.cot import (REJECT_REASONS, TEACHER_PROMPT_VERSION, TeacherReply,
                            load_teacher, oracle_records, read_cot_jsonl, teacher_instruction, teacher_messages, teacher_reasoning,
                            write_oracle_cot, write_release_cot, write_teacher_cot)
 from aurora_nb.data import RefAVSDataset, read_samples
-from aurora_nb.model import AuroraCollator, build_model
+from aurora_nb.model import AuroraCollator
 
 EXE = shutil.which("aurora-nb", path=str(Path(sys.executable).parent)) or shutil.which("aurora-nb")
 
@@ -158,14 +158,10 @@ def test_release_writer_refuses_a_misaligned_file_without_writing(tmp_path, synt
 
 # ---------------------------------------------------------------- the omni teacher on a tiny thinker
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    "A random tiny aurora_nb model folder (save_pretrained), built once."
-    torch.manual_seed(0)
-    m = build_model(get_config("tiny"))
-    d = m.save_pretrained(tmp_path_factory.mktemp("teacher") / "tiny")
-    hf = tmp_path_factory.mktemp("teacher") / "hf"
-    m.thinker.save_pretrained(hf); m.tokenizer.save_pretrained(hf)  # the same thinker as a Hugging Face checkpoint folder
-    return d, hf
+def tiny_dir(tiny_model_dir):
+    """The session's random tiny model (seed 0): its aurora_nb folder (save_pretrained) and the same thinker as a Hugging
+    Face checkpoint folder. Shared: read them, never write into them."""
+    return tiny_model_dir / "model", tiny_model_dir / "hf"
 
 
 class Force(LogitsProcessor):

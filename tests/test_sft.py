@@ -1,11 +1,9 @@
 """The SFT trainer: label masking, exact token-level CE under accumulation, distillation gradients, the teacher-target
 store, the teacher on the run's device, over-long rows counted by kind under each stage's limit, kill-and-resume
-equality, the command line and a two-process run."""
+equality, the command line and a two-process run (the session's shared run, tests/conftest.py's `sft_runs`)."""
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -232,15 +230,10 @@ def test_train_command_sends_other_stages_to_their_handler_and_refuses_a_missing
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(BIN)) is None, reason="accelerate CLI not installed")
-def test_two_processes_train_with_gloo_and_save_one_model(tmp_path):
-    out = tmp_path / "ddp"
-    # `--cpu` alone makes accelerate start ONE process; the torchrun launcher with no visible GPU starts two CPU processes
-    # that talk over gloo
-    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29519", "--no_python", str(BIN / "aurora-nb"), "train", "--stage", "teacher", "--out", str(out),
-           "--no-progress", "stages.teacher.max_steps=2", "stages.teacher.batch_size=1", "stages.teacher.save_steps=2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("stage teacher at step 2 (2 processes)") == 1  # two ranks ran; the main process alone prints
-    assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-2"]
+def test_two_processes_train_with_gloo_and_save_one_model(sft_runs):
+    "`aurora-nb train` under `accelerate launch` with two gloo processes (no visible GPU): one report, one checkpoint, one model."
+    out = sft_runs["two"]
+    printed = (out.parent / "stdout.txt").read_text()
+    assert printed.count("stage teacher at step 3 (2 processes)") == 1, printed[-2000:]  # two ranks ran; the main process alone prints
+    assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-3"]
     from_pretrained(out / MODEL_DIR)

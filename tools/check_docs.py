@@ -25,11 +25,12 @@ RAW_MATH = re.compile(r"\\\(|\\\[|\$\$")
 # list, when one of these is renamed, split or moved.
 METHOD_FUNCTIONS = {
     "losses": ["bce_per_frame", "bce_loss", "dice_per_frame", "dice_loss", "seg_distill_loss"],  # BCE, Dice, distillation
-    "model": ["SegProjector", "seg_hidden_states"],  # the projector and the [SEG] read-out
+    "model": ["SegProjector", "seg_hidden_states", "decode_masks", "AuroraModel.sft_objective", "with_seg_fallback"],  # the projector, the [SEG] read-out, mask decoding and the SFT objective
     "cot": ["format_cot", "cot_answer", "parse_answer"],  # the CoT template and its parser
     "reflect": ["splice_reflective"],  # the splice: wrong path + trigger + corrected path
     "rewards": ["format_reward", "class_reward", "iou_reward"],
-    "grpo": ["group_advantages", "clipped_objective", "kl_k3", "grpo_loss"],  # the advantages and the objective
+    "grpo": ["group_advantages", "clipped_objective", "kl_k3", "grpo_loss", "teacher_forced_group", "group_masks",
+             "score_group", "group_mask_loss", "AuroraGRPOTrainer.group_step"],  # the advantages, the objective and the group step
     "sft": ["teacher_targets", "AuroraSFTTrainer.compute_loss"],  # the distillation term in the SFT loss
 }
 

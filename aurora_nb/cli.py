@@ -18,7 +18,7 @@ from pathlib import Path
 import aurora_nb
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'COT_OPTION_SOURCE', 'PARSER_ARGS', 'is_built',
+__all__ = ['SUBCOMMANDS', 'TRAIN_HANDLERS', 'SPLIT_NAMES', 'REFERENCE_PREDICTORS', 'PARSER_ARGS', 'COT_OPTION_SOURCE', 'is_built',
            'resolve_handler', 'train_main', 'add_config_args', 'config_from_args', 'build_parser', 'parse_subcommand',
            'config_main', 'main']
 
@@ -73,10 +73,23 @@ def config_from_args(args: argparse.Namespace):
     from aurora_nb.config import get_config
     return get_config(args.preset or "tiny", args.overrides, path=args.config)
 
-# %% ../nbs/14_cli.ipynb #cl0parsc
+# %% ../nbs/14_cli.ipynb #cl0parsb
 SPLIT_NAMES = ("train", "val", "test_s", "test_u", "test_n")  # the Ref-AVS splits, as the data chapter names them
 REFERENCE_PREDICTORS = ("empty", "full", "union", "random-object")  # model-free predictors of the evaluation chapter
+PARSER_ARGS: dict = {"config": add_config_args}  # subcommand -> the function that adds its arguments (filled below); none: no options yet
 
+def _formatter(prog):  # fixed width: help reads the same in a terminal, a notebook and CI
+    return argparse.RawDescriptionHelpFormatter(prog, width=100)
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    "The complete `argparse` parser of subcommand `name` (no handler is imported)."
+    desc, _ = SUBCOMMANDS[name]
+    note = "" if is_built(name) else "\n\nNot built yet in this version of aurora_nb: the options below are the planned interface."
+    p = argparse.ArgumentParser(prog=f"aurora-nb {name}", description=desc[0].upper() + desc[1:] + "." + note, formatter_class=_formatter)
+    if name in PARSER_ARGS: PARSER_ARGS[name](p)
+    return p
+
+# %% ../nbs/14_cli.ipynb #cl0args1
 def _synth_args(p):
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must be empty unless --force)")
     p.add_argument("--videos", type=int, default=16, help="normal clips, at least 4 (default 16); null folders and the TODO clip come on top")
@@ -103,6 +116,9 @@ def _check_data_args(p):
     p.add_argument("--min-audio-seconds", type=float, default=9.5, help="shorter audio is a problem (default 9.5)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+PARSER_ARGS.update({"synth": _synth_args, "check-data": _check_data_args})
+
+# %% ../nbs/14_cli.ipynb #cl0args2
 def _eval_args(p):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="DIR", help="a folder written by save_pretrained, or a training run's final model folder")
@@ -131,6 +147,9 @@ def _infer_args(p):
     p.add_argument("--out", metavar="DIR", default="infer_out", help="folder for one mask PNG per frame and the overlay (default: infer_out)")
     p.add_argument("--allow-silent", action="store_true", help="run on silence when the video has no audio track (otherwise that is an error)")
 
+PARSER_ARGS.update({"eval": _eval_args, "infer": _infer_args})
+
+# %% ../nbs/14_cli.ipynb #cl0args3
 def _train_args(p):
     p.add_argument("--stage", required=True, choices=("teacher", "sft", "reflect", "grpo"), help="teacher: stage 0 (answers "
                    "'It is <class> [SEG].'); sft: stage 1 (CoT answers, distilled towards --teacher); reflect: stage 2 (reflective answers from --init, the stage-1 run, distilled towards --teacher); grpo: stage 3 (GRPO from --init, the "
@@ -146,6 +165,22 @@ def _train_args(p):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_args(p)
 
+def _run_args(p):
+    add_config_args(p)
+    p.add_argument("--out", metavar="DIR", default=None, help="run folder (default: <output_dir>/<name>/); running the same "
+                   "command again continues where it stopped")
+    p.add_argument("--name", default=None, help="run name (default: the config's name, i.e. the preset), used when --out is not given")
+    p.add_argument("--data", metavar="ROOT", default=None, help="a Ref-AVS root to train and evaluate on (sets data.root and "
+                   "data.synth_videos=0)")
+    p.add_argument("--cot-file", metavar="FILE", default=None, help="CoT JSONL of the training split (needed on real data; "
+                   "a synthetic benchmark uses its oracle)")
+    p.add_argument("--plan", "--dry-run", action="store_true", help="print the steps and their folders, check the data and "
+                   "the CoT source, load no model and write nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (the step lines stay)")
+
+PARSER_ARGS.update({"train": _train_args, "run": _run_args})
+
+# %% ../nbs/14_cli.ipynb #cl0args4
 def _cot_args(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--oracle", action="store_true", help="write the oracle CoT of a synthetic benchmark (it needs the benchmark's "
@@ -183,39 +218,27 @@ def _cot_args(p):
 COT_OPTION_SOURCE = {"seed": "oracle", "max_mismatch": "release", "batch_size": "teacher", "max_new_tokens": "teacher",  # option -> its source
             "device": "teacher", "any_structure": "teacher", "preset": "teacher", "config": "teacher", "overrides": "teacher"}
 
-def _run_args(p):
-    add_config_args(p)
-    p.add_argument("--out", metavar="DIR", default=None, help="run folder (default: <output_dir>/<name>/); running the same "
-                   "command again continues where it stopped")
-    p.add_argument("--name", default=None, help="run name (default: the config's name, i.e. the preset), used when --out is not given")
-    p.add_argument("--data", metavar="ROOT", default=None, help="a Ref-AVS root to train and evaluate on (sets data.root and "
-                   "data.synth_videos=0)")
-    p.add_argument("--cot-file", metavar="FILE", default=None, help="CoT JSONL of the training split (needed on real data; "
-                   "a synthetic benchmark uses its oracle)")
-    p.add_argument("--plan", "--dry-run", action="store_true", help="print the steps and their folders, check the data and "
-                   "the CoT source, load no model and write nothing")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (the step lines stay)")
+PARSER_ARGS["cot"] = _cot_args
 
-def _frame_size(text: str) -> tuple[int, int]:
-    "`WxH` (e.g. 1280x720) -> (H, W)."
-    try: w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError: raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
-    if w < 1 or h < 1: raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
-    return h, w
-
+# %% ../nbs/14_cli.ipynb #cl0args5
 def _bench_args(p):
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--gpu-check", action="store_true", help="build the model at --sizes with random weights (LoRA, bf16, gradient "
-                      "checkpointing) and time SFT steps and GRPO group steps on a Ref-AVS-sized clip, next to the memory plan")
+    what.add_argument("--gpu-check", action="store_true", help="run every stage's device path once at --sizes with random weights "
+                      "(LoRA, bf16, gradient checkpointing) on a tiny synthetic benchmark: teacher targets, a stage-1 step, stage 2's "
+                      "search and correction, a GRPO group, evaluate and infer; prints per step the device its models ran on, the "
+                      "seconds and the peak memory next to the plan (exit code 1 when a step failed)")
     what.add_argument("--plan", action="store_true", help="print the per-GPU memory plan of a config (--preset/--config, default "
                       "the full preset); builds no model")
     p.add_argument("--sizes", choices=("tiny", "full", "full-3b"), default="tiny", help="--gpu-check: the tiny preset (runs on a CPU), "
                    "the 7B thinker or the 3B thinker, the last two with SAM ViT-H and a GPU (default tiny)")
     p.add_argument("--device", default=None, help="--gpu-check: torch device (default: cuda when available, else cpu)")
     p.add_argument("--steps", type=int, default=2, help="--gpu-check: optimizer steps per stage, the first warms up (default 2)")
-    p.add_argument("--frame-size", type=_frame_size, default=(720, 1280), metavar="WxH", help="--gpu-check: frame size of the random "
-                   "clip (default 1280x720, as Ref-AVS)")
-    p.add_argument("--out", metavar="FILE", default=None, help="--gpu-check: also write the measurements as JSON")
+    p.add_argument("--rows", type=int, default=2, help="--gpu-check: train rows judged and test_s rows evaluated (default 2)")
+    p.add_argument("--frame-size", type=int, default=None, metavar="PIXELS", help="--gpu-check: side of the synthetic clips' square "
+                   "frames (default 720 for the full sizes, as Ref-AVS's 1280x720 frames are high; 128 for tiny)")
+    p.add_argument("--work-dir", metavar="DIR", default=None, help="--gpu-check: where its scratch folder goes (the benchmark and "
+                   "the saved model, about 20 GB at 7B; removed at the end; default: the system's temporary folder)")
+    p.add_argument("--out", metavar="FILE", default=None, help="--gpu-check: also write the measurements as JSON (tracebacks included)")
     p.add_argument("--gpus", type=int, default=1, help="--plan: GPUs the run uses (default 1)")
     p.add_argument("--strategy", choices=("ddp", "zero2", "zero2_offload", "zero3", "fsdp"), default="ddp",
                    help="--plan: DDP, DeepSpeed ZeRO-2 (with CPU optimizer offload), ZeRO-3 or FSDP (default ddp)")
@@ -226,22 +249,9 @@ def _bench_args(p):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_args(p)
 
-PARSER_ARGS = {"synth": _synth_args, "check-data": _check_data_args, "eval": _eval_args, "infer": _infer_args,
-               "train": _train_args, "run": _run_args, "cot": _cot_args, "bench": _bench_args,
-               "config": add_config_args}  # subcommands not listed have no options yet
+PARSER_ARGS["bench"] = _bench_args
 
-# %% ../nbs/14_cli.ipynb #cl0parsb
-def _formatter(prog):  # fixed width: help reads the same in a terminal, a notebook and CI
-    return argparse.RawDescriptionHelpFormatter(prog, width=100)
-
-def build_parser(name: str) -> argparse.ArgumentParser:
-    "The complete `argparse` parser of subcommand `name` (no handler is imported)."
-    desc, _ = SUBCOMMANDS[name]
-    note = "" if is_built(name) else "\n\nNot built yet in this version of aurora_nb: the options below are the planned interface."
-    p = argparse.ArgumentParser(prog=f"aurora-nb {name}", description=desc[0].upper() + desc[1:] + "." + note, formatter_class=_formatter)
-    if name in PARSER_ARGS: PARSER_ARGS[name](p)
-    return p
-
+# %% ../nbs/14_cli.ipynb #cl0parsp
 def parse_subcommand(name: str, argv: list[str]) -> argparse.Namespace:
     "Parse `argv` for subcommand `name`, including the checks `argparse` cannot express (errors exit with code 2)."
     p = build_parser(name)
@@ -255,7 +265,7 @@ def parse_subcommand(name: str, argv: list[str]) -> argparse.Namespace:
             if getattr(args, opt) not in (None, False, []) and owner != src:
                 what = "KEY=VALUE overrides go" if opt == "overrides" else f"--{opt.replace('_', '-')} goes"
                 p.error(f"{what} with --{owner}, not with --{src}")
-    for opt in ("videos", "limit", "batch_size", "max_new_tokens", "steps", "gpus"):
+    for opt in ("videos", "limit", "batch_size", "max_new_tokens", "steps", "gpus", "rows", "frame_size"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1: p.error(f"--{opt.replace('_', '-')} must be at least 1")
     return args
 

@@ -17,13 +17,14 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 # %% auto #0
 __all__ = ['EVAL_SPLITS', 'REFERENCE_PREDICTORS', 'PROBE_SPLIT', 'PROBE_MODES', 'STAGE_TITLES', 'STAGE_ENTRIES', 'ABLATIONS',
-           'STEP_FUNCS', 'DONE_DIR', 'REPORT_MD', 'REPORT_HTML', 'RESULTS_FILE', 'FIG_DIR', 'Step', 'entry_point',
-           'benchmark_root', 'plan', 'StepFailed', 'ablation_config', 'prepare_config', 'run_pipeline', 'table_row',
-           'per_cue', 'versions', 'ablation_effect', 'write_report', 'print_plan', 'run_main']
+           'STEP_FUNCS', 'DONE_DIR', 'REPORT_MD', 'REPORT_HTML', 'RESULTS_FILE', 'FIG_DIR', 'FIGURE_COLUMNS',
+           'RESULTS_FIGURE', 'Step', 'entry_point', 'benchmark_root', 'plan', 'StepFailed', 'ablation_config',
+           'prepare_config', 'run_pipeline', 'table_row', 'per_cue', 'versions', 'results_figure', 'ablation_effect',
+           'write_report', 'print_plan', 'run_main']
 
 # %% ../nbs/13_pipeline.ipynb #p13imp2
 from .config import AuroraConfig, ConfigError, config_diff, config_hash, config_to_dict, get_config, load_config, display_path, resolve_path, save_config
@@ -156,7 +157,7 @@ def _eval_step(cfg: AuroraConfig, step: Step, ctx: dict) -> dict:
     from aurora_nb.evaluate import evaluate
     from aurora_nb.model import from_pretrained
     model_dir = _final_model(step.run)
-    model = from_pretrained(model_dir)
+    model = from_pretrained(model_dir, device="auto")  # outside a Trainer: on the run's device (the GPU when there is one)
     limit = cfg.eval.limit or None
     probe = step.ablation is None and step.stage == ctx["final_stage"]
     runs = [(s, "real") for s in EVAL_SPLITS] + ([(PROBE_SPLIT, m) for m in PROBE_MODES] if probe else [])
@@ -214,6 +215,36 @@ def prepare_config(cfg: AuroraConfig, out_dir: str | Path) -> AuroraConfig:
 
 def _marker(out: Path, step: Step) -> Path: return out / DONE_DIR / f"{step.name}.json"
 
+# %% ../nbs/13_pipeline.ipynb #p13runc1b
+def _not_run(step: Step, head: str, broken: set) -> dict | None:
+    "The log entry of a step that cannot run (its ablation's training failed, or its stage is not built), else None."
+    if step.ablation in broken:
+        print(f"{head}: skipped (its training failed)", flush=True)
+        return dict(step=step.name, title=step.title, status="skipped", why=f"ablation-{step.ablation} failed")
+    if not step.built:
+        print(f"{head}: not built in this installation (no {STAGE_ENTRIES[step.stage]}); skipped", flush=True)
+        return dict(step=step.name, title=step.title, status="not built", entry=STAGE_ENTRIES[step.stage])
+    return None
+
+def _do_step(cfg: AuroraConfig, step: Step, ctx: dict, head: str, fail_in: str | None) -> dict:
+    "Run one step that has no marker yet; write its marker when it finishes. Its log entry (status done or failed)."
+    print(f"{head} -> {step.out}", flush=True)
+    t0 = time.time()
+    try:
+        if fail_in == step.name: raise StepFailed(f"failure injected by AURORA_NB_FAIL_IN={fail_in}")
+        info = dict(STEP_FUNCS[step.kind](cfg, step, ctx) or {})
+    except Exception as e:
+        print(f"{head}: FAILED: {type(e).__name__}: {e}", flush=True)
+        return dict(step=step.name, title=step.title, status="failed", seconds=round(time.time() - t0, 1),
+                    error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-3))
+    info.update(step=step.name, title=step.title, seconds=round(time.time() - t0, 1),
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    mark = _marker(ctx["out"], step)
+    mark.parent.mkdir(exist_ok=True); mark.write_text(json.dumps(info, indent=1) + "\n")
+    print(f"{head}: done in {info['seconds']:.0f} s", flush=True)
+    return dict(info, status="done")
+
+# %% ../nbs/13_pipeline.ipynb #p13runc2
 def run_pipeline(cfg: AuroraConfig,  # the run config (a preset plus overrides)
                  out_dir: str | Path,  # the run folder
                  cot_file: str | Path | None = None,  # CoT JSONL of the training split (real data: no oracle)
@@ -230,35 +261,18 @@ def run_pipeline(cfg: AuroraConfig,  # the run config (a preset plus overrides)
     try:
         for k, step in enumerate(steps, 1):
             head = f"[{k}/{len(steps)}] {step.title}"
-            mark = _marker(out, step)
-            if step.ablation in broken:
-                print(f"{head}: skipped (its training failed)", flush=True)
-                log.append(dict(step=step.name, title=step.title, status="skipped", why=f"ablation-{step.ablation} failed")); continue
-            if not step.built:
-                print(f"{head}: not built in this installation (no {STAGE_ENTRIES[step.stage]}); skipped", flush=True)
-                log.append(dict(step=step.name, title=step.title, status="not built", entry=STAGE_ENTRIES[step.stage])); continue
-            if mark.is_file():
-                info = json.loads(mark.read_text())
-                print(f"{head}: done earlier ({info['seconds']:.0f} s)", flush=True)
-            else:
-                print(f"{head} -> {step.out}", flush=True)
-                t0 = time.time()
-                try:
-                    if fail_in == step.name: raise StepFailed(f"failure injected by AURORA_NB_FAIL_IN={fail_in}")
-                    info = dict(STEP_FUNCS[step.kind](cfg, step, ctx) or {})
-                except Exception as e:
-                    log.append(dict(step=step.name, title=step.title, status="failed", seconds=round(time.time() - t0, 1),
-                                    error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-3)))
-                    print(f"{head}: FAILED: {type(e).__name__}: {e}", flush=True)
-                    if step.ablation is None: break  # the steps after a stage need it
-                    broken.add(step.ablation); continue  # nothing depends on an ablation but its own evaluation
-                info.update(step=step.name, title=step.title, seconds=round(time.time() - t0, 1),
-                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-                mark.parent.mkdir(exist_ok=True); mark.write_text(json.dumps(info, indent=1) + "\n")
-                print(f"{head}: done in {info['seconds']:.0f} s", flush=True)
-            log.append(dict(info, status="done"))
-            if step.kind == "cot": ctx["cot"] = info["file"]
-            if step.kind == "train": ctx["last_model"] = info["model"]
+            skip = _not_run(step, head, broken)
+            if skip: log.append(skip); continue
+            if _marker(out, step).is_file():
+                entry = dict(json.loads(_marker(out, step).read_text()), status="done")
+                print(f"{head}: done earlier ({entry['seconds']:.0f} s)", flush=True)
+            else: entry = _do_step(cfg, step, ctx, head, fail_in)
+            log.append(entry)
+            if entry["status"] == "failed":
+                if step.ablation is None: break  # the steps after a stage need it
+                broken.add(step.ablation); continue  # nothing depends on an ablation but its own evaluation
+            if step.kind == "cot": ctx["cot"] = entry["file"]
+            if step.kind == "train": ctx["last_model"] = entry["model"]
             if stop_after == step.name:
                 print(f"stopping after {step.name} (AURORA_NB_STOP_AFTER)", flush=True); sys.stdout.flush(); os._exit(75)
         status = "failed" if any(e["status"] == "failed" for e in log) else "ok"
@@ -322,6 +336,30 @@ def versions() -> dict:
         except md.PackageNotFoundError: v[p] = None
     return v
 
+# %% ../nbs/13_pipeline.ipynb #p13fig
+FIGURE_COLUMNS = ("Seen J", "Seen F", "Unseen J", "Unseen F", "Mix J&F", "Null S", "right class", "right object", "format")
+RESULTS_FIGURE = "results.png"
+
+def results_figure(table: dict[str, dict],  # results.json's `table`: row title -> column -> value (None: not applicable)
+                   columns: Sequence[str] = FIGURE_COLUMNS,
+                   ax=None):
+    "The results table as a heat map: one row per stage, ablation and reference predictor, one column per score (0 to 1)."
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    import seaborn as sns
+    df = pd.DataFrame.from_dict(table, orient="index").reindex(columns=list(columns)).astype(float)  # [rows, columns]
+    df.columns = [f"{c} (lower is better)" if c == "Null S" else c for c in df.columns]
+    ax = ax or plt.subplots(figsize=(1.0 * len(df.columns) + 2.6, 0.42 * len(df) + 1.4))[1]
+    sns.heatmap(df, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 7}, linewidths=0.5,
+                cbar_kws={"shrink": 0.7}, mask=df.isna(), ax=ax)
+    refs = [i for i, name in enumerate(df.index) if not name.startswith(("stage", "ablation"))]
+    if refs: ax.axhline(refs[0], color="white", lw=3)  # the trained rows above, the reference predictors below
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
+    ax.set_yticklabels(ax.get_yticklabels(), fontsize=7)
+    ax.set_title("Results: each trained stage and the reference predictors (test_s = seen, test_u = unseen, test_n = null)", fontsize=8)
+    return ax
+
 # %% ../nbs/13_pipeline.ipynb #p13repc
 def _fmt(v) -> str:
     if v is None: return "–"
@@ -332,52 +370,74 @@ def _md_table(rows: dict[str, dict], cols: list[str] | None = None) -> list[str]
     return ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
             *[f"| {k} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for k, r in rows.items()]]
 
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=80, bbox_inches="tight"); plt.close(fig)
+    return path
+
+def _curves_figure(fd: Path, runs: dict[str, Path]) -> list[tuple[str, Path]]:
+    "Training curves: the loss terms of each stage and ablation (stage 3: the rewards too)."
+    import matplotlib.pyplot as plt
+    from aurora_nb.viz import read_log_history
+    hist = {t: h for t, h in ((t, _history(d)) for t, d in runs.items()) if h}
+    if not hist: return []
+    fig, axs = plt.subplots(1, len(hist), figsize=(3.2 * len(hist), 2.6), squeeze=False)
+    for a, (t, h) in zip(axs[0], hist.items()):
+        df = read_log_history(h)
+        keys = [k for k in df.key.unique() if k.endswith("loss") or "reward" in k]
+        for k in sorted(keys): d = df[df.key == k]; a.plot(d.step, d.value, label=k)
+        a.set_title(t, fontsize=8); a.set_xlabel("step", fontsize=7); a.legend(fontsize=6)
+    fig.tight_layout()
+    return [("Training curves: the loss terms of each stage and ablation (stage 3: the rewards too)", _save_figure(fig, fd / "curves.png"))]
+
+# %% ../nbs/13_pipeline.ipynb #p13repc1a
+def _cues_figure(out: Path, fd: Path, cues: dict[str, dict]) -> list[tuple[str, Path]]:
+    "Row J per cue type: each stage and ablation as bars, the reference predictors as lines."
+    import matplotlib.pyplot as plt
+    from aurora_nb.viz import score_bars
+    cues = {t: v for t, v in cues.items() if v}
+    if not cues: return []
+    as_metrics = lambda pc: {"per_cue": {c: {"J_row": j} for c, j in pc.items()}}  # the shape score_bars reads
+    refs = {p: as_metrics(per_cue(out / "eval" / p)) for p in REFERENCE_PREDICTORS if (out / "eval" / p).is_dir()}
+    fig, ax = plt.subplots(figsize=(9, 3))
+    score_bars({t: as_metrics(v) for t, v in cues.items()}, {p: r for p, r in refs.items() if r["per_cue"]}, "J_row", by="cue", ax=ax)
+    ax.set_ylabel("row J (test_s + test_u)"); ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)); fig.tight_layout()
+    return [("Row J per cue type (test_s + test_u): each stage and ablation as bars, the reference predictors as lines",
+             _save_figure(fig, fd / "cues.png"))]
+
+# %% ../nbs/13_pipeline.ipynb #p13repc1b
+def _overlay_figures(out: Path, fd: Path, final: str | None, cfg: AuroraConfig) -> list[tuple[str, Path]]:
+    "The final stage's masks on the first two test_s rows: ground truth (top) and prediction (bottom)."
+    import numpy as np
+    from aurora_nb.data import RefAVSDataset
+    from aurora_nb.evaluate import read_mask_pngs, read_predictions
+    from aurora_nb.viz import overlay_strip
+    d = out / "eval" / str(final) / "test_s"
+    if not final or not (d / "predictions.jsonl").is_file(): return []
+    ds, figs = RefAVSDataset(cfg.data.root, "test_s", cfg.data.num_frames, cfg.data.sample_rate), []
+    for r in read_predictions(d)[:2]:
+        it = ds[r["index"]]
+        pred = read_mask_pngs(d / r["mask"], cfg.data.num_frames).astype(np.float32) / 255  # [T, h, w] at the protocol size
+        H, W = it["frames"].shape[1:3]
+        pred = pred[:, np.arange(H) * pred.shape[1] // H][:, :, np.arange(W) * pred.shape[2] // W]  # [T, H, W] nearest
+        fig = overlay_strip(it["frames"], it["masks"], pred, title=f'{it["expression"]} -> {r.get("target")}')
+        figs.append((f"{STAGE_TITLES[final]} on test_s row {r['index']}: ground truth (top) and prediction (bottom)",
+                     _save_figure(fig, fd / f"overlay-{r['index']}.png")))
+    return figs
+
 def _figures(out: Path,
              runs: dict[str, Path],  # title -> training run folder (stages, then ablations)
              final: str | None,  # the last evaluated stage
              cfg: AuroraConfig,
              cues: dict[str, dict] | None = None,  # row title -> per-cue J (`per_cue`)
+             table: dict[str, dict] | None = None,  # the results table
             ) -> list[tuple[str, Path]]:
-    "Training curves, per-cue J and example overlays as PNG files in OUT/figures; (caption, path) pairs."
+    "The results heat map, training curves, per-cue J and example overlays as PNG files in OUT/figures; (caption, path) pairs."
     import matplotlib; matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from aurora_nb.viz import overlay_strip, read_log_history, score_bars
-    figs, fd = [], out / FIG_DIR
-    fd.mkdir(exist_ok=True)
-    hist = {t: _history(d) for t, d in runs.items()}
-    hist = {t: h for t, h in hist.items() if h}
-    if hist:
-        fig, axs = plt.subplots(1, len(hist), figsize=(3.2 * len(hist), 2.6), squeeze=False)
-        for a, (t, h) in zip(axs[0], hist.items()):
-            df = read_log_history(h)
-            keys = [k for k in df.key.unique() if k.endswith("loss") or "reward" in k]
-            for k in sorted(keys): d = df[df.key == k]; a.plot(d.step, d.value, label=k)
-            a.set_title(t, fontsize=8); a.set_xlabel("step", fontsize=7); a.legend(fontsize=6)
-        fig.tight_layout(); fig.savefig(fd / "curves.png", dpi=80); plt.close(fig)
-        figs.append(("Training curves: the loss terms of each stage and ablation (stage 3: the rewards too)", fd / "curves.png"))
-    cues = {t: v for t, v in (cues or {}).items() if v}
-    if cues:
-        as_metrics = lambda pc: {"per_cue": {c: {"J_row": j} for c, j in pc.items()}}  # the shape score_bars reads
-        refs = {p: as_metrics(per_cue(out / "eval" / p)) for p in REFERENCE_PREDICTORS if (out / "eval" / p).is_dir()}
-        fig, ax = plt.subplots(figsize=(9, 3))
-        score_bars({t: as_metrics(v) for t, v in cues.items()}, {p: r for p, r in refs.items() if r["per_cue"]}, "J_row", by="cue", ax=ax)
-        ax.set_ylabel("row J (test_s + test_u)"); ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)); fig.tight_layout(); fig.savefig(fd / "cues.png", dpi=80); plt.close(fig)
-        figs.append(("Row J per cue type (test_s + test_u): each stage and ablation as bars, the reference predictors as lines", fd / "cues.png"))
-    if final and (out / "eval" / final / "test_s" / "predictions.jsonl").is_file():
-        from aurora_nb.data import RefAVSDataset
-        from aurora_nb.evaluate import read_mask_pngs, read_predictions
-        d = out / "eval" / final / "test_s"
-        ds = RefAVSDataset(cfg.data.root, "test_s", cfg.data.num_frames, cfg.data.sample_rate)
-        for r in read_predictions(d)[:2]:
-            it = ds[r["index"]]
-            pred = read_mask_pngs(d / r["mask"], cfg.data.num_frames).astype(np.float32) / 255  # [T, h, w] at the protocol size
-            H, W = it["frames"].shape[1:3]
-            pred = pred[:, np.arange(H) * pred.shape[1] // H][:, :, np.arange(W) * pred.shape[2] // W]  # [T, H, W] nearest
-            fig = overlay_strip(it["frames"], it["masks"], pred, title=f'{it["expression"]} -> {r.get("target")}')
-            p = fd / f"overlay-{r['index']}.png"; fig.savefig(p, dpi=80); plt.close(fig)
-            figs.append((f"{STAGE_TITLES[final]} on test_s row {r['index']}: ground truth (top) and prediction (bottom)", p))
-    return figs
+    fd = out / FIG_DIR; fd.mkdir(exist_ok=True)
+    figs = []
+    if table: figs.append(("The results table as a heat map (Null S: lower is better)", _save_figure(results_figure(table).figure, fd / RESULTS_FIGURE)))
+    return figs + _curves_figure(fd, runs) + _cues_figure(out, fd, cues or {}) + _overlay_figures(out, fd, final, cfg)
 
 # %% ../nbs/13_pipeline.ipynb #p13repc2
 def _row_title(step: Step) -> str:
@@ -391,6 +451,17 @@ def ablation_effect(table: dict[str, dict]) -> dict[str, dict]:
     return {f"stage 0 minus the {name} ablation": {k: base[k] - row[k] for k in base if isinstance(base[k], float) and isinstance(row.get(k), float)}
             for name, row in ((name, table.get(a["title"])) for name, a in ABLATIONS.items()) if row}
 
+def _self_correction(out: Path, evaluated: list[str]) -> dict | None:
+    "The self-correction table of the stages after stage 0 on test_s (when stage 2 was evaluated)."
+    if "reflect" not in evaluated: return None
+    try:
+        from aurora_nb.reflect import self_correction_table
+        t = self_correction_table({STAGE_TITLES[s]: out / "eval" / s / "test_s" for s in evaluated if s != "teacher"})
+        return {k: {c: (float(v) if c not in ("n", "wrong_to_right", "right_to_wrong") else int(v)) for c, v in r.items()}
+                for k, r in t.T.to_dict().items()}
+    except (ImportError, FileNotFoundError, KeyError) as e: return {"unavailable": {"why": f"{type(e).__name__}: {e}"}}
+
+# %% ../nbs/13_pipeline.ipynb #p13repc2b
 def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict], status: str, seconds: float) -> dict:
     "Write results.json, report.md and report.html from what the run folder holds; returns the results."
     from aurora_nb.evaluate import audio_probe
@@ -409,20 +480,13 @@ def write_report(cfg: AuroraConfig, out: Path, steps: list[Step], log: list[dict
         probe = audio_probe(real, **{m: _read_metrics(out / "eval" / final / f"{PROBE_SPLIT}-{m}") for m in PROBE_MODES})
         probe = {k: {c: float(v) for c, v in r.items()} for k, r in probe.T.to_dict().items()}
     cues = {t: per_cue(d) for t, d in evals.items()}
-    selfcorr = None
-    if "reflect" in evaluated:
-        try:
-            from aurora_nb.reflect import self_correction_table
-            t = self_correction_table({STAGE_TITLES[s]: out / "eval" / s / "test_s" for s in evaluated if s != "teacher"})
-            selfcorr = {k: {c: (float(v) if c not in ("n", "wrong_to_right", "right_to_wrong") else int(v)) for c, v in r.items()}
-                        for k, r in t.T.to_dict().items()}
-        except (ImportError, FileNotFoundError, KeyError) as e: selfcorr = {"unavailable": {"why": f"{type(e).__name__}: {e}"}}
     failed = [e for e in log if e["status"] == "failed"]
     results = dict(status=status, config_hash=config_hash(cfg), preset=cfg.preset, seed=cfg.seed, data_root=display_path(cfg.data.root),
                    eval_rows_per_split=cfg.eval.limit or "all", wall_seconds=round(seconds, 1), steps=log, table=rows,
-                   ablation_effect=ablation_effect(rows) or None, audio_probe=probe, per_cue_J=cues, self_correction=selfcorr,
-                   versions=versions(), config=config_to_dict(cfg), written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    try: figs = _figures(out, trained, final, cfg, cues)
+                   ablation_effect=ablation_effect(rows) or None, audio_probe=probe, per_cue_J=cues,
+                   self_correction=_self_correction(out, evaluated), versions=versions(), config=config_to_dict(cfg),
+                   written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    try: figs = _figures(out, trained, final, cfg, cues, rows)
     except Exception as e: figs, results["figures_error"] = [], f"{type(e).__name__}: {e}"
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=1, default=str) + "\n")
     blocks = _report_blocks(results, steps, failed, figs)
@@ -468,6 +532,7 @@ def _report_blocks(results: dict, steps: list[Step], failed: list[dict], figs) -
     b += [("h2", "Config"), ("pre", yaml.safe_dump(results["config"], sort_keys=False, width=120))]
     return b
 
+# %% ../nbs/13_pipeline.ipynb #p13repc3b
 def _render(blocks, out: Path, inline: bool) -> str:
     "Markdown (pictures as relative files) or a self-contained HTML page (pictures as base64)."
     if not inline:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import io
 import json
 import math
@@ -22,15 +23,16 @@ from typing import Sequence
 
 # %% auto #0
 __all__ = ['QWEN_OMNI_7B', 'QWEN_OMNI_3B', 'SAM_VIT_H', 'KNOWN_THINKERS', 'KNOWN_SEGMENTERS', 'CHARS_PER_TOKEN',
-           'EXPRESSION_CHARS', 'GIB', 'STRATEGIES', 'DS_BUCKET', 'HARDWARE', 'FSDP_LAYERS', 'SIZES',
-           'unknown_size_keys', 'run_sizes', 'architecture', 'full_size_overrides', 'build_model_quietly',
-           'thinker_linears', 'lora_linears', 'thinker_param_counts', 'sam_param_counts', 'param_counts',
-           'audio_positions', 'sequence_tokens', 'llm_layer_bytes', 'audio_layer_bytes', 'lora_bytes', 'decoder_bytes',
-           'encoder_layer_bytes', 'step_activations', 'MemoryPlan', 'gradless_params', 'plan_memory',
+           'EXPRESSION_CHARS', 'GIB', 'STRATEGIES', 'DS_BUCKET', 'HARDWARE', 'FSDP_LAYERS', 'SIZES', 'CHECK_VIDEOS',
+           'RAN_ON', 'CHECK_STEPS', 'unknown_size_keys', 'run_sizes', 'architecture', 'full_size_overrides',
+           'build_model_quietly', 'thinker_linears', 'lora_linears', 'thinker_param_counts', 'sam_param_counts',
+           'param_counts', 'audio_positions', 'sequence_tokens', 'llm_layer_bytes', 'audio_layer_bytes', 'lora_bytes',
+           'decoder_bytes', 'encoder_layer_bytes', 'step_activations', 'MemoryPlan', 'gradless_params', 'plan_memory',
            'saved_activation_bytes', 'hardware_overrides', 'hardware_config', 'plan_table', 'accelerate_config',
            'launch_lines', 'slurm_script', 'launch_files', 'write_launch_configs', 'check_launch_config',
-           'check_config', 'ref_avs_item', 'answer_of_length', 'StepMeter', 'gpu_check', 'gpu_check_table',
-           'bench_main', 'time_sft_pass', 'sam_encoder_cost', 'llm_step_tflop', 'padding_waste']
+           'check_config', 'ref_avs_item', 'answer_of_length', 'check_benchmark', 'plan_inference', 'StepMeter',
+           'CheckRow', 'measured', 'devices_used', 'run_check_steps', 'gpu_check', 'gpu_check_table', 'bench_main',
+           'time_sft_pass', 'sam_encoder_cost', 'llm_step_tflop', 'padding_waste']
 
 # %% ../nbs/15_scale.ipynb #s14imp2
 import numpy as np
@@ -42,7 +44,8 @@ from transformers import (Qwen2_5OmniAudioEncoderConfig, Qwen2_5OmniTextConfig, 
 
 # %% ../nbs/15_scale.ipynb #s14imp3
 from .config import AuroraConfig, ConfigError, apply_overrides, config_to_dict, display_path, get_config
-from .model import COMPONENTS, QWEN_OMNI_SPECIALS, build_model, build_tokenizer, lora_target, sam_config, thinker_config
+from .model import (COMPONENTS, QWEN_OMNI_SPECIALS, build_model, build_tokenizer, from_pretrained, lora_target,
+                             model_device, place, run_device, sam_config, save_pretrained, thinker_config)
 
 # %% ../nbs/15_scale.ipynb #s14sizes
 _OMNI_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "in_channels": 3,
@@ -286,39 +289,16 @@ def decoder_bytes(sc: SamConfig, p: int) -> float:
     N = g * g
     return p * (15 * N * C + 3 * (2 * g) ** 2 * C // 4 + (4 * g) ** 2 * (C // 8 + 4)) + 8 * (2 * g) ** 2
 
-# %% ../nbs/15_scale.ipynb #s14act2
 def encoder_layer_bytes(hidden: int, mlp: int, heads: int, p: int, window_tokens: int = 0) -> float:
     "Saved bytes per token of a ViT block trained in full (the tiny preset's vision and SAM encoders): norms, q/k/v, MLP, attention bias."
     return (8 * p + 8) * hidden + 2 * p * mlp + 4 * heads + p * heads * window_tokens
 
-def step_activations(cfg: AuroraConfig,
-                     stage: str = "sft",  # "teacher", "sft", "reflect" or "grpo"
-                     rows: int = 1,  # sequences in the pass: samples (SFT) or rollouts of the micro-batch (GRPO)
-                     seq_len: int | None = None,  # tokens per sequence (GRPO: prompt + completion)
-                     completion: int = 0,  # GRPO: completion tokens per sequence (the LM head runs on those only)
-                     gradient_checkpointing: bool = True,
-                     frame_hw: tuple[int, int] = (720, 1280),  # frame size: the masks are scored at it
-                     device: str = "cuda",
-                     n_tokens: int | None = None,
-                    ) -> dict[str, float]:
-    "Bytes autograd keeps for one forward of `rows` sequences, by block (see the table above)."
-    tc, sc = architecture(cfg, n_tokens)
-    m, t, a, v = cfg.model, tc.text_config, tc.audio_config, tc.vision_config
-    p, gc = _bytes(m.dtype), gradient_checkpointing
-    s = seq_len or sequence_tokens(cfg, stage, n_tokens)["total"]
+# %% ../nbs/15_scale.ipynb #s14act2
+def _media_activations(cfg: AuroraConfig, tc, sc, stage: str, rows: int, gc: bool, frame_hw: tuple[int, int], p: int,
+                       lin: list, mask: int, n_tokens: int | None) -> dict[str, float]:
+    "Saved bytes of the audio and vision encoders and SAM's encoder (when they train), the mask decoder and the mask losses."
+    m, a, v, out = cfg.model, tc.audio_config, tc.vision_config, {}
     all_ = m.trainable == "all"
-    lin, mask = lora_linears(cfg, tc), _mask_bytes(cfg, "cpu" if device == "cpu" else "cuda")
-    L, h, V = t.num_hidden_layers, t.hidden_size, t.vocab_size
-    layer = llm_layer_bytes(tc, p, all_ or not m.lora.enabled)
-    ad = lora_bytes([x for x in lin if ".language_model." in x[0]], m.lora.r, p, mask)
-    out = {"LLM layers": rows * s * ((L * p * h + layer + ad / L) if gc else (L * layer + ad))}
-    n = completion if stage == "grpo" else s  # positions that reach the LM head
-    out["LM head"] = rows * n * V * 4 + rows * s * (4 * h + 4)  # fp32 log-softmax, final RMSNorm
-    if m.trainable == "lora" and m.lora.enabled and m.token_rows == "new" and not t.tie_word_embeddings:
-        out["LM head"] += V * h * p + rows * s * h * p  # the trainable-token layer's merged weight and its input
-    elif all_ or not m.lora.enabled or m.token_rows == "full": out["LM head"] += rows * s * h * p  # the LM head's input
-    out["held outputs"] = rows * n * V * (p + (4 if p < 4 else 0))  # bf16 logits and their fp32 copy: alive, not saved
-    if not gc and stage != "grpo": out["held outputs"] += rows * (L + 1) * s * h * p  # output_hidden_states
     A, La = audio_positions(cfg.data.llm_audio_seconds or cfg.data.num_frames), a.encoder_layers
     aad = lora_bytes([x for x in lin if ".audio_tower." in x[0]], m.lora.r, p, mask)
     if all_ or aad:
@@ -340,6 +320,38 @@ def step_activations(cfg: AuroraConfig,
     out["masks and losses"] = rows * (T * H * W * 16 + H * W * 4)
     return out
 
+# %% ../nbs/15_scale.ipynb #s14act3
+def step_activations(cfg: AuroraConfig,
+                     stage: str = "sft",  # "teacher", "sft", "reflect" or "grpo"
+                     rows: int = 1,  # sequences in the pass: samples (SFT) or rollouts of the micro-batch (GRPO)
+                     seq_len: int | None = None,  # tokens per sequence (GRPO: prompt + completion)
+                     completion: int = 0,  # GRPO: completion tokens per sequence (the LM head runs on those only)
+                     gradient_checkpointing: bool = True,
+                     frame_hw: tuple[int, int] = (720, 1280),  # frame size: the masks are scored at it
+                     device: str = "cuda",
+                     n_tokens: int | None = None,
+                    ) -> dict[str, float]:
+    "Bytes autograd keeps for one forward of `rows` sequences, by block (see the table above)."
+    tc, sc = architecture(cfg, n_tokens)
+    m, t = cfg.model, tc.text_config
+    p, gc = _bytes(m.dtype), gradient_checkpointing
+    s = seq_len or sequence_tokens(cfg, stage, n_tokens)["total"]
+    all_ = m.trainable == "all"
+    lin, mask = lora_linears(cfg, tc), _mask_bytes(cfg, "cpu" if device == "cpu" else "cuda")
+    L, h, V = t.num_hidden_layers, t.hidden_size, t.vocab_size
+    layer = llm_layer_bytes(tc, p, all_ or not m.lora.enabled)
+    ad = lora_bytes([x for x in lin if ".language_model." in x[0]], m.lora.r, p, mask)
+    out = {"LLM layers": rows * s * ((L * p * h + layer + ad / L) if gc else (L * layer + ad))}
+    n = completion if stage == "grpo" else s  # positions that reach the LM head
+    out["LM head"] = rows * n * V * 4 + rows * s * (4 * h + 4)  # fp32 log-softmax, final RMSNorm
+    if m.trainable == "lora" and m.lora.enabled and m.token_rows == "new" and not t.tie_word_embeddings:
+        out["LM head"] += V * h * p + rows * s * h * p  # the trainable-token layer's merged weight and its input
+    elif all_ or not m.lora.enabled or m.token_rows == "full": out["LM head"] += rows * s * h * p  # the LM head's input
+    out["held outputs"] = rows * n * V * (p + (4 if p < 4 else 0))  # bf16 logits and their fp32 copy: alive, not saved
+    if not gc and stage != "grpo": out["held outputs"] += rows * (L + 1) * s * h * p  # output_hidden_states
+    out.update(_media_activations(cfg, tc, sc, stage, rows, gc, frame_hw, p, lin, mask, n_tokens))
+    return out
+
 # %% ../nbs/15_scale.ipynb #s14plan
 STRATEGIES = {
     "ddp": "DistributedDataParallel: every GPU holds the whole model, its gradients and optimizer states",
@@ -350,6 +362,7 @@ STRATEGIES = {
 }
 DS_BUCKET = 5e8  # deepspeed's default reduce / all-gather bucket, in elements
 
+# %% ../nbs/15_scale.ipynb #s14planmp
 @dataclasses.dataclass
 class MemoryPlan:
     "Bytes per GPU of one training step, item by item (and per process in host memory)."
@@ -405,6 +418,7 @@ def _static(strategy: str, N: int, frozen: float, trainable: float, pw: int, vh:
         gpu.update({"optimizer states": 0.0, "gradients": 0.0})
     return gpu, cpu
 
+# %% ../nbs/15_scale.ipynb #s14plan2b
 def gradless_params(cfg: AuroraConfig, tc: Qwen2_5OmniThinkerConfig, sc: SamConfig) -> int:
     "Trainable weights that never get a gradient (so no gradient and no Adam moments): SAM's IoU head, unused prompt embeddings."
     md, pe = sc.mask_decoder_config, sc.prompt_encoder_config
@@ -415,6 +429,22 @@ def gradless_params(cfg: AuroraConfig, tc: Qwen2_5OmniThinkerConfig, sc: SamConf
         n += 2 * tc.audio_config.output_dim  # the audio encoder's bos/eos embedding, which the thinker's forward never reads
     return n
 
+def _sam_bytes(cfg: AuroraConfig, sc: SamConfig, cached: bool) -> tuple[float, float]:
+    "One clip's SAM image embeddings, and (not `cached`) the frozen encoder's transient peak: a global layer's attention bias and activations."
+    T, sv, pw = cfg.data.num_frames, sc.vision_config, _bytes(cfg.model.dtype)
+    g = sv.image_size // sv.patch_size
+    emb = T * sc.mask_decoder_config.hidden_size * g * g * pw  # one clip's SAM embeddings
+    return emb, 0.0 if cached else T * (sv.num_attention_heads * (g * g) ** 2 * pw + 6 * g * g * sv.hidden_size * pw)
+
+def _static_plan(cfg: AuroraConfig, tc, sc, strategy: str, n_gpus: int, n_tokens: int | None) -> tuple[int, int, dict, dict]:
+    "All and trainable parameters, then the static GPU and host bytes under `strategy` (`_static`)."
+    t, counts = tc.text_config, param_counts(cfg, n_tokens)
+    P, Tr = int(counts.loc["total", "params"]), int(counts.loc["total", "trainable"])
+    vh = t.vocab_size * t.hidden_size  # the embedding, and the LM head: the largest modules
+    layer = (thinker_param_counts(tc)["LLM"] - vh * (1 if t.tie_word_embeddings else 2)) / t.num_hidden_layers
+    return (P, Tr, *_static(strategy, n_gpus, P - Tr, Tr, _bytes(cfg.model.dtype), vh, layer, gradless_params(cfg, tc, sc)))
+
+# %% ../nbs/15_scale.ipynb #s14plan2c
 def plan_memory(cfg: AuroraConfig,
                 n_gpus: int = 1,
                 strategy: str = "ddp",  # one of `STRATEGIES`
@@ -432,22 +462,14 @@ def plan_memory(cfg: AuroraConfig,
     if n_gpus < 1: raise ValueError(f"n_gpus={n_gpus}: at least 1")
     tc, sc = architecture(cfg, n_tokens)
     m, t = cfg.model, tc.text_config
-    counts = param_counts(cfg, n_tokens)
-    P, Tr = int(counts.loc["total", "params"]), int(counts.loc["total", "trainable"])
+    P, Tr, static, cpu = _static_plan(cfg, tc, sc, strategy, n_gpus, n_tokens)
     pw = _bytes(m.dtype)
-    hd = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-    kv = t.num_key_value_heads * hd
-    vh = t.vocab_size * t.hidden_size  # the embedding, and the LM head: the largest modules
-    layer = (thinker_param_counts(tc)["LLM"] - vh * (1 if t.tie_word_embeddings else 2)) / t.num_hidden_layers
-    static, cpu = _static(strategy, n_gpus, P - Tr, Tr, pw, vh, layer, gradless_params(cfg, tc, sc))
+    kv = t.num_key_value_heads * (getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads)
     st = getattr(cfg.stages, stage)
     b = batch_size or st.batch_size
     toks = sequence_tokens(cfg, stage, n_tokens)
     cache = (m.cache_sam_embeddings if sam_cache is None else sam_cache) and m.freeze_sam_encoder
-    T, sv = cfg.data.num_frames, sc.vision_config
-    g = sv.image_size // sv.patch_size
-    emb = T * sc.mask_decoder_config.hidden_size * g * g * pw  # one clip's SAM embeddings
-    encoder_peak = 0.0 if cache else T * (sv.num_attention_heads * (g * g) ** 2 * pw + 6 * g * g * sv.hidden_size * pw)
+    emb, encoder_peak = _sam_bytes(cfg, sc, cache)
     rollout, completion = {}, 0
     if stage == "grpo":
         G, completion = st.num_generations, st.max_new_tokens
@@ -696,6 +718,43 @@ def answer_of_length(tokenizer, n_tokens: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max(n_tokens - 30, 1)]
     return cot_answer(format_cot(tokenizer.decode(ids), "a hum and a bell", "the humming one", "dog"))
 
+# %% ../nbs/15_scale.ipynb #s14chkbench
+CHECK_VIDEOS = 4  # the fewest the generator writes: one clip each for train, val, test_s and test_u (and a null folder)
+
+def check_benchmark(root: str | Path,  # a scratch folder (created)
+                    size: int = 720,  # side of the square frames in pixels
+                    seed: int = 0,
+                   ) -> Path:
+    "A tiny Ref-AVS-layout benchmark for the GPU check: four synthetic clips of ten `size` x `size` frames and 10 s of audio."
+    from aurora_nb.synth import make_synthetic_refavs
+    make_synthetic_refavs(root, n_videos=CHECK_VIDEOS, seed=seed, size=size, objects=(2, 2), todo_videos=0, n_null_test=1)
+    return Path(root)
+
+# %% ../nbs/15_scale.ipynb #s14planinf
+def plan_inference(cfg: AuroraConfig,
+                   rows: int = 1,  # prompts in the batch
+                   seq_len: int | None = None,  # prompt tokens; default: a stage-0 sequence
+                   new_tokens: int = 0,  # 0: one forward of the whole sequence (teacher targets); else greedy generation
+                   frame_hw: tuple[int, int] = (720, 1280),  # the masks are decoded at the frame's size
+                   n_tokens: int | None = None,  # tokenizer length (see `architecture`)
+                  ) -> MemoryPlan:
+    "Per-GPU memory of a pass without gradients: a forward (`new_tokens=0`) or `predict`'s generation, then SAM on every frame."
+    tc, sc = architecture(cfg, n_tokens)
+    t, pw = tc.text_config, _bytes(cfg.model.dtype)
+    counts = param_counts(cfg, n_tokens)
+    P, Tr = int(counts.loc["total", "params"]), int(counts.loc["total", "trainable"])
+    hd = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    L, h, V, kv = t.num_hidden_layers, t.hidden_size, t.vocab_size, t.num_key_value_heads * hd
+    s = seq_len or sequence_tokens(cfg, "teacher", n_tokens)["total"]
+    step = {"hidden states": rows * (L + 1) * (s + new_tokens) * h * pw,
+            "logits": rows * s * V * pw + (rows * V * 4 if new_tokens else 0),
+            "one layer": rows * s * llm_layer_bytes(tc, pw, False)}
+    if new_tokens: step["KV cache"] = rows * (s + new_tokens) * L * 2 * kv * pw
+    step["SAM"] = rows * sum(_sam_bytes(cfg, sc, cached=False))  # embeddings and the encoder's transient peak
+    step["masks"] = rows * cfg.data.num_frames * frame_hw[0] * frame_hw[1] * 4
+    return MemoryPlan("ddp", 1, "generate" if new_tokens else "forward", rows, s, False, P, Tr,
+                      {"weights": (P - Tr) * pw + Tr * 4}, step, {}, {}, new_tokens)
+
 # %% ../nbs/15_scale.ipynb #s14meter
 def _sync(device: torch.device):
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -728,87 +787,258 @@ class StepMeter(TrainerCallback):
         self.static["optimizer states"] = sum(t.nbytes for st in opt.state.values() for k, t in st.items()
                                               if torch.is_tensor(t) and k != "step")
 
-# %% ../nbs/15_scale.ipynb #s14gpucheck
-def _measured(meter: StepMeter, plan: MemoryPlan) -> dict:
-    "One stage's measurements next to its plan."
-    after = meter.seconds[1:] or meter.seconds  # the first step warms up kernels and allocator
-    return {"seq_len": plan.seq_len, "step_s": [round(s, 4) for s in meter.seconds], "mean_step_s": round(float(np.mean(after)), 4),
-            "peak_gib": round(max(meter.peaks) / GIB, 4), "planned_gib": round(plan.peak / GIB, 4),
-            "plan": {k: round(v / GIB, 4) for k, v in {**plan.static, **plan.step, **plan.rollout}.items()}}
+# %% ../nbs/15_scale.ipynb #s14row
+@dataclasses.dataclass
+class CheckRow:
+    "One step of the GPU check: what ran, where, how long, how much memory next to the plan."
+    step: str
+    status: str = "ok"  # "ok", "failed: <error>" or "skipped: <why>"
+    seconds: float | None = None  # the call (trainer steps: the mean optimizer step after the first)
+    peak_gib: float | None = None  # CUDA: max allocated during the step; CPU: the process's peak RSS so far
+    planned_gib: float | None = None  # the plan's peak for the same batch
+    devices: dict = dataclasses.field(default_factory=dict)  # part or model -> the device it ran on (`model_device`)
+    tokens: int | None = None  # tokens per sequence (generation: the prompt)
+    rows: int | None = None  # sequences in the batch
+    traceback: str | None = None  # a failed step's last frames
 
-def gpu_check(sizes: str = "tiny",  # "tiny", "full" (7B) or "full-3b"
-              device: str | None = None,  # default: CUDA when available
-              steps: int = 2,  # optimizer steps per stage (the first warms up)
-              cot_tokens: int | None = None,  # answer length; default: the plan's stage-1 answer (full) or 48 (tiny)
-              frame_hw: tuple[int, int] = (720, 1280),
-              gradient_checkpointing: bool = True,
-              overrides=(),  # dotted config overrides on top of `check_config(sizes)`
-              progress: bool = False,
-             ) -> dict:
-    "Build `sizes` with random weights on `device`, run `steps` SFT and GRPO steps through the trainers, measure them next to the plan."
+@contextlib.contextmanager
+def measured(row: CheckRow, device: torch.device):
+    "Time the block and take its memory peak into `row`; an exception marks the row failed instead of ending the check."
+    _sync(device)
+    if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    try: yield row
+    except Exception as e:
+        import traceback
+        row.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        row.traceback = traceback.format_exc(limit=-4)
+    finally:
+        _sync(device)
+        if row.seconds is None: row.seconds = round(time.perf_counter() - t0, 4)
+        if row.peak_gib is None:
+            row.peak_gib = round((torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()) / GIB, 4)
+
+def _free(device: torch.device) -> None:
+    "Give memory back between steps (a deleted model's CUDA blocks stay cached otherwise)."
+    gc.collect()
+    if device.type == "cuda": torch.cuda.empty_cache()
+
+# %% ../nbs/15_scale.ipynb #s14ranon
+RAN_ON = {"Qwen2_5OmniDecoderLayer": "LLM", "Qwen2_5OmniAudioEncoder": "audio encoder", "Qwen2_5OmniVisionEncoder": "vision encoder",
+          "SamVisionEncoder": "SAM encoder", "SamMaskDecoder": "mask decoder"}  # module class -> the part the check reports
+
+@contextlib.contextmanager
+def devices_used(seen: dict):  # filled: part -> set of device names
+    "While the block runs, note the device (`model_device`) of every LLM layer, encoder and mask decoder that runs a forward."
+    def hook(module, args):
+        part = RAN_ON.get(type(module).__name__)
+        if part: seen.setdefault(part, set()).add(str(model_device(module)))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try: yield seen
+    finally: handle.remove()
+
+# %% ../nbs/15_scale.ipynb #s14steps1
+def _prompt_tokens(model, cfg: AuroraConfig, item: dict, answer: str | None = None) -> int:
+    "Tokens of one collated sequence: the generation prompt of `item`, or the prompt and `answer`."
     from aurora_nb.cot import chat_builder
-    from aurora_nb.grpo import AuroraGRPOTrainer
+    from aurora_nb.model import AuroraCollator
+    collate = AuroraCollator(model.processor, cfg, answer_key=None if answer is None else "answer", build_messages=chat_builder(cfg))
+    return int(collate([{**item, "answer": answer}])["input_ids"].shape[1])
+
+def _check_build(ctx: dict, row: CheckRow) -> None:
+    "The model at the check's sizes with random weights, built directly on the device."
+    from aurora_nb.cot import teacher_answer
+    cfg, dev = ctx["cfg"], ctx["device"]
+    torch.manual_seed(cfg.seed)
+    with torch.device(dev): model = place(build_model_quietly(cfg), dev, quiet=True)
+    ctx["model"], ctx["tokenizer"], ctx["n_tokens"] = model, model.tokenizer, len(model.tokenizer)
+    item, answer = ctx["train"][0], teacher_answer(ctx["train"][0]["category"], cfg.stages.teacher.answer)
+    ctx["tokens"] = {"teacher": _prompt_tokens(model, cfg, item, answer), "prompt": _prompt_tokens(model, cfg, item)}
+    row.devices["model"] = str(model_device(model))
+    row.planned_gib = plan_inference(cfg, n_tokens=ctx["n_tokens"]).static["weights"] / GIB
+
+def _check_save(ctx: dict, row: CheckRow) -> None:
+    "Written as a stage's final model (`save_pretrained`): the folder every later loader reads."
+    ctx["folder"] = save_pretrained(ctx.pop("model"), ctx["tmp"] / "model")
+
+def _check_teacher_targets(ctx: dict, row: CheckRow) -> None:
+    "Stage 1's distillation side (`sft.stage_teacher`): the saved model loaded as the frozen teacher, its [SEG] targets of the train split stored."
+    from aurora_nb.sft import stage_teacher
+    cfg, ds = ctx["cfg"], ctx["train"]
+    ctx["targets"], _ = stage_teacher(ctx["folder"], ds, ctx["tmp"] / "sft", ctx["sft_args"], progress=ctx["progress"])  # [N, C]
+    row.rows, row.tokens = min(8, len(ds)), ctx["tokens"]["teacher"]  # teacher_store's batch of 8
+    row.planned_gib = plan_inference(cfg, row.rows, row.tokens, 0, ctx["frame_hw"], ctx["n_tokens"]).peak / GIB
+
+# %% ../nbs/15_scale.ipynb #s14steps2
+def _trainer_row(row: CheckRow, meter: StepMeter) -> None:
+    "A trainer step's row: the mean optimizer step after the first (which warms up) and the peak over the steps."
+    after = meter.seconds[1:] or meter.seconds
+    row.seconds, row.peak_gib = round(float(np.mean(after)), 4), round(max(meter.peaks) / GIB, 4)
+
+def _check_stage1(ctx: dict, row: CheckRow) -> None:
+    "Stage-1 optimizer steps: the saved model loaded as `train_stage` loads it, a reasoning answer, mask losses, distillation towards the stored targets."
+    from aurora_nb.cot import chat_builder
     from aurora_nb.losses import loss_weights
     from aurora_nb.model import AuroraCollator
-    from aurora_nb.sft import AuroraSFTTrainer, SFTCollator, training_args
+    from aurora_nb.sft import AuroraSFTTrainer, SFTCollator
     from transformers.trainer_callback import PrinterCallback
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg, dev, ds, steps = ctx["cfg"], ctx["device"], ctx["train"], ctx["steps"]
+    model = from_pretrained(ctx["folder"])  # on the CPU: the Trainer places it
+    if ctx["gradient_checkpointing"]: model.activation_checkpointing_enable()
+    answer = answer_of_length(model.tokenizer, ctx["cot_tokens"])
+    items = [{**ds[i % len(ds)], "answer": answer, "position": i % len(ds)} for i in range(steps)]
+    collate = SFTCollator(AuroraCollator(model.processor, cfg, build_messages=chat_builder(cfg)), ctx["targets"])
+    row.rows, row.tokens = 1, int(collate(items[:1])["input_ids"].shape[1])
+    meter = StepMeter(dev)
+    tr = AuroraSFTTrainer(model=model, args=ctx["sft_args"], train_dataset=items, data_collator=collate,
+                          weights=loss_weights(cfg.stages.sft), callbacks=[meter])
+    tr.remove_callback(PrinterCallback)
+    tr.train()
+    if not tr._parts.get("kd"): raise RuntimeError("the distillation term was not computed (stages.sft.kd_weight is 0?)")
+    _trainer_row(row, meter)
+    plan = plan_memory(cfg, 1, "ddp", "sft", 1, row.tokens, ctx["gradient_checkpointing"], frame_hw=ctx["frame_hw"],
+                       device=dev.type, n_tokens=ctx["n_tokens"])
+    row.planned_gib = plan.peak / GIB
+    ctx["static"] = {k: {"measured_gib": round(v / GIB, 6), "planned_gib": round(plan.static[k] / GIB, 6)} for k, v in meter.static.items()}
+    model.zero_grad(set_to_none=True)
+    ctx["student"] = model  # GRPO starts from it
+
+# %% ../nbs/15_scale.ipynb #s14steps3
+def _check_grpo(ctx: dict, row: CheckRow) -> None:
+    "GRPO group steps (`AuroraGRPOTrainer`) of the stage-1 model: G rollouts of one prompt, rewards, the KL reference pass and the update."
+    from aurora_nb.grpo import AuroraGRPOTrainer
+    from aurora_nb.sft import training_args
+    from transformers.trainer_callback import PrinterCallback
+    cfg, dev, model = ctx["cfg"], ctx["device"], ctx.pop("student")  # the last use of the trained model: freed after this step
+    meter = StepMeter(dev)
+    args = training_args(cfg.stages.grpo, ctx["tmp"] / "grpo", 0, ctx["progress"], ddp_find_unused_parameters=False, **ctx["common"])
+    tr = AuroraGRPOTrainer(model, args, [{**ctx["train"][0], "position": 0}] * ctx["steps"], callbacks=[meter])
+    tr.remove_callback(PrinterCallback)
+    tr.train()
+    _trainer_row(row, meter)
+    row.rows, row.tokens = cfg.stages.grpo.num_generations, ctx["tokens"]["prompt"]
+    row.planned_gib = plan_memory(cfg, 1, "ddp", "grpo", 1, row.tokens, ctx["gradient_checkpointing"], frame_hw=ctx["frame_hw"],
+                                  device=dev.type, n_tokens=ctx["n_tokens"]).peak / GIB
+
+def _check_stage2(ctx: dict, row: CheckRow) -> None:
+    "Stage 2's data (`reflect.reflective_data_file`): a stage-1 model and a model corrector loaded from disk, wrong paths found and corrected."
+    from aurora_nb.reflect import JUDGED_FILE, reflective_data_file
+    cfg = apply_overrides(ctx["cfg"], {"stages.reflect.corrector": str(ctx["folder"])})  # a model corrects, as on real data
+    out, n = ctx["tmp"] / "reflect", min(ctx["rows"], len(ctx["train"]))
+    reflective_data_file(cfg, ctx["folder"], out, ctx["progress"], limit=n, device=ctx["device_arg"] or "auto")
+    judged = [json.loads(l) for l in (out / JUDGED_FILE).read_text().splitlines()]
+    if not any(r["kinds"] for r in judged): raise RuntimeError("no wrong path to correct: the random model answered every row right")
+    tok = ctx["tokenizer"]
+    row.rows = min(n, cfg.eval.batch_size)
+    row.tokens = ctx["tokens"]["prompt"] + max(len(tok(r["text"])["input_ids"]) for r in judged) + 40  # the correction prompt quotes the wrong reasoning
+    row.planned_gib = plan_inference(cfg, row.rows, row.tokens, cfg.eval.max_new_tokens, ctx["frame_hw"], ctx["n_tokens"]).peak / GIB
+
+# %% ../nbs/15_scale.ipynb #s14steps4
+def _check_load(ctx: dict, row: CheckRow) -> None:
+    "The saved model loaded as `aurora-nb eval` and `infer` load it: `from_pretrained(..., device=)` places it (the device rule)."
+    ctx["loaded"] = from_pretrained(ctx["folder"], device=ctx["device_arg"] or "auto")
+    row.devices["model"] = str(model_device(ctx["loaded"]))
+    row.planned_gib = plan_inference(ctx["cfg"], n_tokens=ctx["n_tokens"]).static["weights"] / GIB
+
+def _check_evaluate(ctx: dict, row: CheckRow) -> None:
+    "`evaluate.evaluate` of the loaded model on the first test_s rows, written as `aurora-nb eval --out` writes them."
+    from aurora_nb.evaluate import evaluate
+    cfg = ctx["cfg"]
+    m = evaluate(ctx["loaded"], cfg, "test_s", out_dir=ctx["tmp"] / "eval", limit=ctx["rows"], seed=cfg.seed,
+                 device=ctx["device_arg"] or "auto")
+    row.rows, row.tokens = min(m["n_rows"], cfg.eval.batch_size), ctx["tokens"]["prompt"]
+    row.planned_gib = plan_inference(cfg, row.rows, row.tokens, cfg.eval.max_new_tokens, ctx["frame_hw"], ctx["n_tokens"]).peak / GIB
+
+def _check_infer(ctx: dict, row: CheckRow) -> None:
+    "`evaluate.infer` on one clip read from its files, as `aurora-nb infer --frames DIR --audio WAV` reads it."
+    from aurora_nb.data import RefAVSDataset
+    from aurora_nb.evaluate import infer, read_user_clip
+    cfg, root = ctx["cfg"], Path(ctx["cfg"].data.root)
+    s = RefAVSDataset(root, "test_s").samples[0]
+    clip = read_user_clip(frames=s.frame_paths(root, cfg.data.num_frames)[0].parent, audio=s.audio_path(root),
+                          num_frames=cfg.data.num_frames, sample_rate=cfg.data.sample_rate)
+    res = infer(ctx["loaded"], clip, s.expression, ctx["tmp"] / "infer", device=ctx["device_arg"] or "auto")
+    if len(res["masks"]) != cfg.data.num_frames: raise RuntimeError(f"infer returned {len(res['masks'])} masks for {cfg.data.num_frames} frames")
+    row.rows, row.tokens = 1, ctx["tokens"]["prompt"]
+    row.planned_gib = plan_inference(cfg, 1, row.tokens, cfg.eval.max_new_tokens, ctx["frame_hw"], ctx["n_tokens"]).peak / GIB
+
+# %% ../nbs/15_scale.ipynb #s14steps5
+CHECK_STEPS = {  # step -> (function, what it needs from earlier steps), in the order they run
+    "build": (_check_build, ()), "save": (_check_save, ("model",)), "teacher targets": (_check_teacher_targets, ("folder",)),
+    "stage-1 step": (_check_stage1, ("folder", "targets")), "GRPO group": (_check_grpo, ("student",)),
+    "stage-2 data": (_check_stage2, ("folder",)), "load": (_check_load, ("folder",)), "evaluate": (_check_evaluate, ("loaded",)),
+    "infer": (_check_infer, ("loaded",))}
+_MADE_BY = {"model": "build", "folder": "save", "targets": "teacher targets", "student": "stage-1 step", "loaded": "load"}
+
+def run_check_steps(ctx: dict) -> list[CheckRow]:
+    "Every `CHECK_STEPS` step in order; a failure is recorded and the steps that need its result are skipped."
+    rows = []
+    for name, (fn, needs) in CHECK_STEPS.items():
+        row, missing = CheckRow(name), [k for k in needs if k not in ctx]
+        if missing: row.status = "skipped: " + ", ".join(sorted({_MADE_BY[k] for k in missing})) + " did not run"
+        else:
+            seen: dict = {}
+            with measured(row, ctx["device"]), devices_used(seen): fn(ctx, row)
+            row.devices = {**{k: ",".join(sorted(v)) for k, v in seen.items()}, **row.devices}
+            if row.planned_gib is not None: row.planned_gib = round(row.planned_gib, 4)
+        rows.append(row)
+        _free(ctx["device"])
+    return rows
+
+# %% ../nbs/15_scale.ipynb #s14gpucheck
+def gpu_check(sizes: str = "tiny",  # "tiny", "full" (7B) or "full-3b"
+              device: str | None = None,  # default: the run's (`run_device`: CUDA when visible)
+              steps: int = 2,  # optimizer steps of each trainer (the first warms up)
+              rows: int = 2,  # train rows judged and test_s rows evaluated
+              cot_tokens: int | None = None,  # stage-1 answer length; default: the plan's (full) or 48 (tiny)
+              frame_size: int | None = None,  # side of the benchmark's square frames; default 720 (full) or 128 (tiny)
+              gradient_checkpointing: bool = True,
+              overrides=(),  # dotted config overrides on top of `check_config(sizes)`
+              work_dir: str | Path | None = None,  # where the scratch folder goes (full size: about 20 GB for the saved model)
+              progress: bool = False,
+             ) -> dict:
+    "Every stage's device path at `sizes` with random weights: per step its status, devices, time and peak memory next to the plan."
+    from aurora_nb.data import RefAVSDataset
+    from aurora_nb.sft import training_args
+    dev = run_device(device)
     if sizes != "tiny" and dev.type != "cuda":
         raise ValueError(f"sizes={sizes!r} builds a {'3B' if sizes == 'full-3b' else '7B'} thinker and SAM ViT-H: it needs a GPU "
                          "(24 GB or more); on the CPU use sizes='tiny'")
-    cfg = check_config(sizes, overrides)
-    torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    with torch.device(dev): model = build_model_quietly(cfg)
-    build_s = time.perf_counter() - t0
-    if gradient_checkpointing: model.activation_checkpointing_enable()
-    item = ref_avs_item(frame_hw, cfg.data.num_frames, cfg.data.num_frames, cfg.data.sample_rate, cfg.seed)
-    n_ans = cot_tokens or (48 if sizes == "tiny" else sequence_tokens(cfg, "sft")["answer"])
-    sft_item = {**item, "answer": answer_of_length(model.tokenizer, n_ans)}
-    collate = SFTCollator(AuroraCollator(model.processor, cfg, build_messages=chat_builder(cfg)))
-    seq = int(collate([sft_item])["input_ids"].shape[1])
-    common = dict(max_steps=steps, per_device_train_batch_size=1, gradient_accumulation_steps=1, save_strategy="no",
-                  logging_steps=10 ** 6, warmup_steps=0, use_cpu=dev.type == "cpu", disable_tqdm=not progress)
+    cfg, size = check_config(sizes, overrides), frame_size or (128 if sizes == "tiny" else 720)
     out = {"sizes": sizes, "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-           "torch": torch.__version__, "gradient_checkpointing": gradient_checkpointing, "build_s": round(build_s, 2)}
-    counts = param_counts(cfg, len(model.tokenizer))
-    out.update(params=int(counts.loc["total", "params"]), trainable=int(counts.loc["total", "trainable"]))
-    kw = dict(gradient_checkpointing=gradient_checkpointing, frame_hw=frame_hw, device=dev.type, n_tokens=len(model.tokenizer))
-    with tempfile.TemporaryDirectory() as tmp:
-        meter = StepMeter(dev)
-        tr = AuroraSFTTrainer(model=model, args=training_args(cfg.stages.sft, Path(tmp) / "sft", 0, progress, **common),
-                              train_dataset=[sft_item] * steps, data_collator=collate, weights=loss_weights(cfg.stages.sft),
-                              callbacks=[meter])
-        tr.remove_callback(PrinterCallback)
-        tr.train()
-        plan = plan_memory(cfg, 1, "ddp", "sft", batch_size=1, seq_len=seq, **kw)
-        out["sft"] = _measured(meter, plan)
-        out["static"] = {k: {"measured_gib": round(v / GIB, 6), "planned_gib": round(plan.static[k] / GIB, 6)}
-                         for k, v in meter.static.items()}
-        del tr
-        prompt = seq - len(model.tokenizer(sft_item["answer"] + "<|im_end|>", add_special_tokens=False)["input_ids"])
-        meter = StepMeter(dev)
-        gargs = training_args(cfg.stages.grpo, Path(tmp) / "grpo", 0, progress, ddp_find_unused_parameters=False, **common)
-        gtr = AuroraGRPOTrainer(model, gargs, [item] * steps, callbacks=[meter])
-        gtr.remove_callback(PrinterCallback)
-        gtr.train()
-        out["grpo"] = _measured(meter, plan_memory(cfg, 1, "ddp", "grpo", batch_size=1, seq_len=prompt, **kw))
-        out["grpo"]["rollouts"] = cfg.stages.grpo.num_generations
+           "torch": torch.__version__, "gradient_checkpointing": gradient_checkpointing, "frame_size": size}
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        tmp = Path(tmp); (tmp / "sft").mkdir()
+        cfg = apply_overrides(cfg, {"data.root": str(check_benchmark(tmp / "data", size, cfg.seed))})
+        common = dict(max_steps=steps, per_device_train_batch_size=1, gradient_accumulation_steps=1, save_strategy="no",
+                      logging_steps=10 ** 6, warmup_steps=0, use_cpu=dev.type == "cpu", disable_tqdm=not progress)
+        ctx = dict(cfg=cfg, device=dev, device_arg=device, tmp=tmp, steps=steps, rows=rows, progress=progress, common=common,
+                   gradient_checkpointing=gradient_checkpointing, frame_hw=(size, size),
+                   cot_tokens=cot_tokens or (48 if sizes == "tiny" else sequence_tokens(cfg, "sft")["answer"]),
+                   train=RefAVSDataset(tmp / "data", cfg.data.train_split, cfg.data.num_frames, cfg.data.sample_rate),
+                   sft_args=training_args(cfg.stages.sft, tmp / "sft", 0, progress, **common))
+        out["steps"] = [dataclasses.asdict(r) for r in run_check_steps(ctx)]
+    counts = param_counts(cfg, ctx.get("n_tokens"))
+    out.update(params=int(counts.loc["total", "params"]), trainable=int(counts.loc["total", "trainable"]),
+               static=ctx.get("static"), ok=all(r["status"] == "ok" for r in out["steps"]))
     return out
 
 # %% ../nbs/15_scale.ipynb #s14gputable
 def gpu_check_table(result: dict) -> pd.DataFrame:
-    "The GPU check's two steps side by side: tokens, seconds per step, measured and planned peak GiB."
-    rows = []
-    for stage, label in (("sft", "SFT step (batch 1)"), ("grpo", f"GRPO group step (G = {result['grpo']['rollouts']})")):
-        r = result[stage]
-        rows.append((label, r["seq_len"], r["mean_step_s"], r["peak_gib"], r["planned_gib"]))
+    "The GPU check, one row per step: status, where its models ran, batch, seconds, measured and planned peak GiB (– where none)."
     peak = "peak GiB (CUDA allocated)" if result["device"].startswith("cuda") else "peak GiB (process RSS)"
-    return pd.DataFrame(rows, columns=["step", "tokens", "s per step", peak, "planned GiB"]).set_index("step")
+    rows = []
+    for r in result["steps"]:
+        devs = sorted(set(r["devices"].values()))
+        ran = devs[0] if len(devs) == 1 else ", ".join(f"{k} {v}" for k, v in r["devices"].items())
+        status = r["status"] if len(r["status"]) <= 60 else r["status"][:57] + "..."
+        cells = [r[k] if r[k] is not None else "–" for k in ("rows", "tokens", "seconds", "peak_gib", "planned_gib")]
+        rows.append((r["step"], status, ran or "–", *cells))
+    return pd.DataFrame(rows, columns=["step", "status", "ran on", "rows", "tokens", "s", peak, "planned GiB"]).set_index("step")
 
 # %% ../nbs/15_scale.ipynb #s14bench
 def bench_main(args: argparse.Namespace) -> int:
-    "`aurora-nb bench`: the GPU check (`--gpu-check`) or the per-GPU memory plan of a config (`--plan`)."
+    "`aurora-nb bench`: the GPU check (`--gpu-check`; 1 when a step failed) or the per-GPU memory plan of a config (`--plan`)."
     if args.plan:
         from aurora_nb.cli import config_from_args
         cfg = config_from_args(args) if (args.preset or args.config) else get_config("full", args.overrides)
@@ -823,7 +1053,7 @@ def bench_main(args: argparse.Namespace) -> int:
               "--preset and --config are for --plan", file=sys.stderr)
         return 2
     try:
-        res = gpu_check(args.sizes, args.device, args.steps, frame_hw=args.frame_size,
+        res = gpu_check(args.sizes, args.device, args.steps, args.rows, frame_size=args.frame_size, work_dir=args.work_dir,
                         gradient_checkpointing=not args.no_gradient_checkpointing, overrides=args.overrides,
                         progress=not args.no_progress)
     except ValueError as e:
@@ -831,13 +1061,15 @@ def bench_main(args: argparse.Namespace) -> int:
         print(f"aurora-nb bench: error: {e}", file=sys.stderr)
         return 2
     print(f"aurora-nb bench --gpu-check: {res['sizes']} on {res['gpu'] or res['device']}, {res['params']:,} parameters "
-          f"({res['trainable']:,} trained), built in {res['build_s']} s")
+          f"({res['trainable']:,} trained), {res['frame_size']} x {res['frame_size']} frames")
     print(gpu_check_table(res).to_string())
+    for r in res["steps"]:
+        if r["traceback"]: print(f"\n{r['step']}: {r['status']}\n{r['traceback']}", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
         print(f"written to {display_path(Path(args.out).resolve())}")
-    return 0
+    return 0 if res["ok"] else 1
 
 # %% ../nbs/15_scale.ipynb #s14gc
 def time_sft_pass(model, batch: dict, reps: int = 5) -> float:

@@ -160,6 +160,7 @@ def rollout_view(group: dict,  # `AuroraGRPOTrainer.last_group`: texts, rewards,
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_viz.ipynb #v12browseroll
 def browse_rollouts(group: dict,  # `AuroraGRPOTrainer.last_group`
                     ax_w: float = 2.2):
     "An ipywidgets browser over one GRPO group (frame slider, masks and rewards, full completions); shows frame 0 statically too."
@@ -176,4 +177,3 @@ def browse_rollouts(group: dict,  # `AuroraGRPOTrainer.last_group`
     texts = W.HBox([W.Textarea(value=t, description=f"rollout {g}", layout=W.Layout(width=f"{100 // len(group['texts'])}%", height="10em"))
                     for g, t in enumerate(group["texts"])])
     return W.VBox([slider, out, texts])
-

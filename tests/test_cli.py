@@ -81,6 +81,9 @@ def test_unknown_subcommand_suggests_the_close_one():
     (["infer", "--model", "m", "--video", "v.mp4", "--audio", "a.wav", "--expression", "x"], "--audio goes with --frames"),
     (["infer", "--model", "m", "--video", "v.mp4", "--frames", "f", "--expression", "x"], "not allowed with argument"),
     (["synth", "--out", "x", "--videos", "0"], "--videos must be at least 1"),
+    (["bench", "--gpu-check", "--frame-size", "0"], "--frame-size must be at least 1"),
+    (["bench", "--gpu-check", "--rows", "0"], "--rows must be at least 1"),
+    (["bench", "--gpu-check", "--frame-size", "1280x720"], "argument --frame-size: invalid int value"),
 ])
 def test_conflicting_or_bad_flags_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e: parse_subcommand(args[0], args[1:])  # the parser, whether or not the handler is built

@@ -11,7 +11,7 @@ import pytest
 
 from aurora_nb.config import config_diff, get_config, load_config
 from aurora_nb.data import RefAVSDataset
-from aurora_nb.pipeline import ABLATIONS, ablation_config, prepare_config
+from aurora_nb.pipeline import ABLATIONS, FIGURE_COLUMNS, Step, _eval_step, ablation_config, prepare_config, results_figure
 from aurora_nb.sft import SFTDataset
 from aurora_nb.synth import CATEGORIES
 
@@ -44,7 +44,7 @@ def test_run_killed_after_stage_1_resumes_and_writes_every_artifact(tmp_path):
     assert "stage 0: teacher: done earlier" in r.stdout and "stage 1: CoT SFT + distillation: done earlier" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in (out / "teacher").rglob("*") if p.is_file()} == teacher  # stage 0 not recomputed
     assert f"report: {out / 'report.md'}" in r.stdout
-    for f in ("report.md", "report.html", "results.json", "config.yaml", "cot/cot.jsonl", "figures/curves.png"):
+    for f in ("report.md", "report.html", "results.json", "config.yaml", "cot/cot.jsonl", "figures/curves.png", "figures/results.png"):
         assert (out / f).is_file(), f
     assert "data:image/png;base64," in (out / "report.html").read_text()
     for s in STAGES:
@@ -126,3 +126,34 @@ def test_full_preset_plan_checks_config_data_and_paths_without_weights(tmp_path)
     r = subprocess.run([EXE, "run", "--preset", "full", "--data", str(tmp_path / "nothing"), "--plan"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 1 and "missing-csv" in r.stdout, r.stdout + r.stderr
+
+
+class Placed(Exception):
+    "Raised by the patched `run_device`: the code asked where to place a model."
+
+
+def _raise_placed(device=None): raise Placed(device)
+
+
+def test_the_evaluation_step_places_the_model_it_loads(tmp_path, monkeypatch):
+    # a stage's evaluation loads the final model outside any Trainer: it must put it on the run's device (the GPU)
+    import aurora_nb.evaluate, aurora_nb.model
+    from aurora_nb.model import build_model, save_pretrained
+    cfg = get_config("tiny", ["data.root=data/synth", "eval.limit=1"])
+    save_pretrained(build_model(cfg), tmp_path / "teacher" / "model")
+    step = Step("eval-teacher", "evaluate stage 0", "eval", tmp_path / "eval" / "teacher", "teacher", run=tmp_path / "teacher")
+    def too_late(*a, **k): raise AssertionError("the model reached evaluate() without being placed where it was loaded")
+    monkeypatch.setattr(aurora_nb.evaluate, "evaluate", too_late)  # evaluate() places too: the step's own loading must
+    monkeypatch.setattr(aurora_nb.model, "run_device", _raise_placed)  # `place` looks it up at call time
+    with pytest.raises(Placed): _eval_step(cfg, step, dict(final_stage="grpo", progress=False))
+
+
+def test_results_figure_has_a_cell_per_score_and_none_where_a_row_has_no_value():
+    import matplotlib; matplotlib.use("Agg")
+    model = {c: 0.25 for c in FIGURE_COLUMNS} | {"val J": 0.5, "[SEG] fallback": 0.1}  # two columns the figure leaves out
+    ref = {c: 0.75 for c in FIGURE_COLUMNS} | {"right class": None, "format": None}  # a reference predictor writes no answer
+    ax = results_figure({"stage 0: teacher": model, "union": ref})
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["stage 0: teacher", "union"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [c + (" (lower is better)" if c == "Null S" else "") for c in FIGURE_COLUMNS]
+    cells = sorted(t.get_text() for t in ax.texts)
+    assert cells == ["0.25"] * len(FIGURE_COLUMNS) + ["0.75"] * (len(FIGURE_COLUMNS) - 2)  # no number for the missing two

@@ -16,7 +16,7 @@ from aurora_nb.config import get_config
 from aurora_nb.cot import chat_builder, cot_answer
 from aurora_nb.data import RefAVSDataset
 from aurora_nb.model import AuroraCollator, model_inputs, trainable_table
-from aurora_nb.scale import (GIB, HARDWARE, QWEN_OMNI_3B, QWEN_OMNI_7B, SAM_VIT_H, STRATEGIES, build_model_quietly,
+from aurora_nb.scale import (CHECK_STEPS, GIB, HARDWARE, QWEN_OMNI_3B, QWEN_OMNI_7B, SAM_VIT_H, STRATEGIES, build_model_quietly,
                              check_launch_config, full_size_overrides, hardware_config, launch_files, param_counts,
                              plan_memory, saved_activation_bytes, step_activations, unknown_size_keys)
 from aurora_nb.sft import MODEL_DIR
@@ -155,16 +155,61 @@ def test_activation_model_matches_autograds_saved_tensors():
 
 # The GPU check and the bench command
 
-def test_gpu_check_runs_at_tiny_size_on_the_cpu_through_the_cli(tmp_path, capsys):
+CHECK_ARGS = ["bench", "--gpu-check", "--sizes", "tiny", "--device", "cpu", "--frame-size", "64", "--steps", "1", "--rows", "1",
+              "--no-progress", "eval.max_new_tokens=8", "stages.grpo.max_new_tokens=8"]
+
+
+def test_gpu_check_runs_every_stage_at_tiny_size_on_the_cpu_through_the_cli(tmp_path, capsys):
     out = tmp_path / "check.json"
-    assert main(["bench", "--gpu-check", "--sizes", "tiny", "--device", "cpu", "--frame-size", "256x144", "--steps", "1",
-                 "--out", str(out), "--no-progress", "stages.grpo.max_new_tokens=8"]) == 0
-    assert "SFT step (batch 1)" in capsys.readouterr().out
+    assert main([*CHECK_ARGS, "--work-dir", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     res = json.loads(out.read_text())
-    assert res["device"] == "cpu" and len(res["sft"]["step_s"]) == len(res["grpo"]["step_s"]) == 1
-    assert res["sft"]["seq_len"] > res["grpo"]["seq_len"] > 0  # the SFT row holds the answer, the GRPO prompt does not
+    steps = {r["step"]: r for r in res["steps"]}
+    assert list(steps) == list(CHECK_STEPS) == ["build", "save", "teacher targets", "stage-1 step", "GRPO group", "stage-2 data",
+                                                "load", "evaluate", "infer"]
+    assert {k: r["status"] for k, r in steps.items() if r["status"] != "ok"} == {} and res["ok"]  # every step ran
+    for name, r in steps.items():
+        assert name in printed
+        if name == "save": continue  # writes a folder, runs no model
+        assert r["devices"] and set(r["devices"].values()) == {"cpu"}, (name, r["devices"])  # and reports where its models ran
+        assert r["planned_gib"] > 0 and r["seconds"] > 0, name
+    for name in ("teacher targets", "stage-1 step", "GRPO group", "stage-2 data", "evaluate", "infer"):
+        assert {"LLM", "SAM encoder", "mask decoder"} <= set(steps[name]["devices"]), name  # seen by the forward hook
+        assert steps[name]["rows"] >= 1 and steps[name]["tokens"] > 0, name
+    assert steps["stage-1 step"]["tokens"] > steps["evaluate"]["tokens"]  # the SFT row holds the answer, the prompt does not
     for k, v in res["static"].items(): assert abs(v["measured_gib"] - v["planned_gib"]) < 1e-6, k
     assert res["params"] == int(param_counts(get_config("tiny", LORA)).loc["total", "params"])
+    assert list(tmp_path.iterdir()) == [out]  # the scratch folder is gone
+
+
+class Placed(Exception):
+    "Raised by the patched `run_device`: the code asked where to place a model."
+
+
+def _raise_placed(device=None): raise Placed(device)
+
+
+def test_gpu_check_load_step_places_the_model_by_the_device_rule(tmp_path, monkeypatch):
+    import aurora_nb.model
+    from aurora_nb.model import save_pretrained
+    from aurora_nb.scale import CheckRow, _check_load, check_config
+    cfg = check_config("tiny")
+    folder = save_pretrained(build_model_quietly(cfg), tmp_path / "model")
+    ctx = dict(cfg=cfg, folder=folder, device=torch.device("cpu"), device_arg=None, n_tokens=None)
+    monkeypatch.setattr(aurora_nb.model, "run_device", _raise_placed)  # `place` looks it up at call time
+    with pytest.raises(Placed): _check_load(ctx, CheckRow("load"))
+
+
+def test_gpu_check_reports_a_failed_step_and_skips_what_needs_it(monkeypatch, capsys):
+    import aurora_nb.scale
+    def broken(ctx, row): raise RuntimeError("out of memory (a stand-in)")
+    monkeypatch.setitem(aurora_nb.scale.CHECK_STEPS, "build", (broken, ()))
+    assert main(CHECK_ARGS) == 1  # a failed step: exit code 1
+    out, err = capsys.readouterr()
+    lines = {l.split()[0]: l for l in out.splitlines() if l.split() and l.split()[0] in ("build", "save", "load", "infer")}
+    assert "failed: RuntimeError: out of memory (a stand-in)" in lines["build"] and "Traceback" in err
+    assert "skipped: build did not run" in lines["save"] and "skipped: save did not run" in lines["load"]
+    assert "skipped: load did not run" in lines["infer"]
 
 
 def test_gpu_check_refuses_full_sizes_without_a_gpu(capsys):

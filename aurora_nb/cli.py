@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
     "synth": ("make a synthetic Ref-AVS benchmark in the real on-disk layout", "aurora_nb.synth:synth_main"),
     "check-data": ("validate a Ref-AVS directory and list every problem", "aurora_nb.data:check_data_main"),
     "cot": ("write CoT data with the oracle, a teacher model or the release file", "aurora_nb.cot:cot_main"),
+    "pretrain": ("pretrain the tiny base on perception only (reserved seeds), resumable", "aurora_nb.pretrain:pretrain_main"),
     "train": ("train one stage: --stage {teacher,sft,reflect,grpo}", "aurora_nb.cli:train_main"),
     "eval": ("score a model or a reference predictor on a Ref-AVS split (J, F or S)", "aurora_nb.evaluate:eval_main"),
     "infer": ("one video + audio + expression -> masks and an overlay", "aurora_nb.evaluate:infer_main"),
@@ -134,6 +135,7 @@ def _eval_args(p):
     p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N rows of the split, in CSV order "
                    "(a quick look, not a comparable score)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows generated together (default: the config's eval.batch_size)")
+    p.add_argument("--device", default=None, help="where the model runs, e.g. cuda, cuda:1 or cpu (default: the run's device, cuda when one is visible)")
     add_config_args(p)
 
 def _infer_args(p):
@@ -145,6 +147,7 @@ def _infer_args(p):
     p.add_argument("--audio", metavar="FILE.wav", default=None, help="the clip's audio, with --frames")
     p.add_argument("--expression", required=True, metavar="TEXT", help="the referring expression, e.g. 'the object making a sound'")
     p.add_argument("--out", metavar="DIR", default="infer_out", help="folder for one mask PNG per frame and the overlay (default: infer_out)")
+    p.add_argument("--device", default=None, help="where the model runs, e.g. cuda, cuda:1 or cpu (default: the run's device, cuda when one is visible)")
     p.add_argument("--allow-silent", action="store_true", help="run on silence when the video has no audio track (otherwise that is an error)")
 
 PARSER_ARGS.update({"eval": _eval_args, "infer": _infer_args})
@@ -179,6 +182,22 @@ def _run_args(p):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (the step lines stay)")
 
 PARSER_ARGS.update({"train": _train_args, "run": _run_args})
+
+# %% ../nbs/14_cli.ipynb #cl0argspre
+def _pretrain_args(p):
+    p.add_argument("--preset", default="tiny", help="the preset whose model is pretrained (default: tiny)")
+    p.add_argument("--out", required=True, metavar="DIR", help="base folder: checkpoint-<step>/ (resumable), the model, card.json, README.md")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    p.add_argument("--clips", type=int, default=256, help="synthetic clips rendered from --seed (default 256)")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per step (default 4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every this many steps (default 250)")
+    p.add_argument("--seed", type=int, default=1000, help="a seed reserved for pretraining, 1000-1999 (default 1000; the probes use 1001)")
+    p.add_argument("--probe-clips", type=int, default=48, help="held-out clips for the probes (default 48)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. data.system_prompt=none")
+
+PARSER_ARGS.update({"pretrain": _pretrain_args})
 
 # %% ../nbs/14_cli.ipynb #cl0args4
 def _cot_args(p):
@@ -267,6 +286,7 @@ def parse_subcommand(name: str, argv: list[str]) -> argparse.Namespace:
                 p.error(f"{what} with --{owner}, not with --{src}")
     for opt in ("videos", "limit", "batch_size", "max_new_tokens", "steps", "gpus", "rows", "frame_size"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1: p.error(f"--{opt.replace('_', '-')} must be at least 1")
+    args.argv = list(argv)  # the command as typed, for records such as the pretrained base's card
     return args
 
 # %% ../nbs/14_cli.ipynb #cl0cfgmc

@@ -11,8 +11,8 @@ from typing import NamedTuple
 __all__ = ['ADV_EPS', 'MODALITY_KEYS', 'MASK_LOSS_ON', 'ARCH_KEYS', 'group_advantages', 'zero_spread', 'clipped_objective',
            'kl_k3', 'masked_sequence_mean', 'GRPOLoss', 'grpo_loss', 'modality_inputs', 'repeat_group', 'Rollouts',
            'prefill_group', 'sample_group', 'token_pass', 'GroupPass', 'teacher_forced_group', 'group_masks',
-           'score_group', 'group_mask_loss', 'patch', 'collate_items', 'AuroraGRPOTrainer', 'average_gradients',
-           'grpo_config', 'train_grpo', 'train_grpo_main']
+           'score_group', 'group_mask_loss', 'collate_items', 'AuroraGRPOTrainer', 'average_gradients', 'grpo_config',
+           'train_grpo', 'train_grpo_main']
 
 # %% ../nbs/12_grpo.ipynb #g10imp2
 import torch
@@ -127,6 +127,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from fastcore.basics import patch  # methods added one cell at a time, each shown and tested
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
@@ -327,13 +328,6 @@ def group_mask_loss(masks: torch.Tensor,  # [G, T, H, W] the rollouts' mask logi
     return bce_weight * bce_loss(x, y) + dice_weight * dice_loss(x, y)
 
 # %% ../nbs/12_grpo.ipynb #g10trainer
-def patch(f: Callable) -> Callable:
-    "Add `f` as a method to the class its `self` parameter is annotated with (as fastcore's `@patch`)."
-    cls = f.__annotations__["self"]
-    cls = eval(cls, f.__globals__) if isinstance(cls, str) else cls  # a string under `from __future__ import annotations`
-    setattr(cls, f.__name__, f)
-    return f
-
 def collate_items(items: list) -> dict:
     "The trainer's collator: the raw items (each prompt is processed and sampled inside the step)."
     return {"items": list(items)}
